@@ -1,0 +1,1 @@
+"""Pipeline wiring: create_pipeline and its runners."""

@@ -1,0 +1,1 @@
+"""Ground floor: feature registry, raw-log ingestion, synthetic data, Transform."""

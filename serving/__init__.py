@@ -1,0 +1,1 @@
+"""TF Serving client and deployment files."""

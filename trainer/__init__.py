@@ -1,0 +1,1 @@
+"""The ETA model family, its layers, input, metrics, export and trainer."""
