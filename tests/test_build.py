@@ -1,0 +1,176 @@
+"""The Bazel BUILD file stays true to the tree.
+
+Bazel cannot fetch its rules offline here, so instead of building we parse
+BUILD (Starlark is Python syntax) and check: every Python module, entry point
+and test is in a target; every listed src exists; every ":dep" names a target;
+every `requirement("x")` is in requirements.txt; every in-repo import of a
+target's sources is provided by the target itself or one of its direct deps.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SOURCE_DIRS = ("preprocessing", "trainer", "pipeline", "serving", "bench", "tests")
+IN_REPO_TOPS = {"preprocessing", "trainer", "pipeline", "serving", "bench", "tests"}
+
+
+def parse_build(text: str) -> dict[str, dict]:
+  """Returns target name -> {kind, srcs, deps, requirements}."""
+  targets: dict[str, dict] = {}
+  for node in ast.parse(text).body:
+    if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)):
+      continue
+    call = node.value
+    kind = getattr(call.func, "id", None)
+    if kind not in ("py_library", "py_binary", "py_test"):
+      continue
+    fields = {kw.arg: kw.value for kw in call.keywords}
+    name = ast.literal_eval(fields["name"])
+    if name in targets:
+      raise ValueError(f"duplicate target {name}")
+    deps, requirements = [], []
+    for element in getattr(fields.get("deps"), "elts", []):
+      if isinstance(element, ast.Call) and getattr(element.func, "id", "") == "requirement":
+        requirements.append(ast.literal_eval(element.args[0]))
+      else:
+        deps.append(ast.literal_eval(element))
+    targets[name] = {
+        "kind": kind,
+        "srcs": ast.literal_eval(fields["srcs"]) if "srcs" in fields else [],
+        "deps": deps,
+        "requirements": requirements,
+        "main": ast.literal_eval(fields["main"]) if "main" in fields else None,
+    }
+  return targets
+
+
+def module_of(src: str) -> str:
+  parts = list(pathlib.PurePosixPath(src).with_suffix("").parts)
+  if parts[-1] == "__init__":
+    parts = parts[:-1]
+  return ".".join(parts)
+
+
+def in_repo_imports(path: pathlib.Path) -> set[str]:
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      names.add(node.module)
+      names.update(f"{node.module}.{a.name}" for a in node.names)
+  return {n for n in names if n.split(".")[0] in IN_REPO_TOPS}
+
+
+def requirement_names(root: pathlib.Path) -> set[str]:
+  names = set()
+  for line in (root / "requirements.txt").read_text().splitlines():
+    line = line.split("#")[0].strip()
+    if line:
+      for sep in ("[", "=", ">", "<", "!", "~"):
+        line = line.split(sep)[0]
+      names.add(line.strip().lower())
+  return names
+
+
+def check_build(text: str, root: pathlib.Path) -> list[str]:
+  """All the ways BUILD disagrees with the tree under `root`."""
+  problems = []
+  targets = parse_build(text)
+  requirements = requirement_names(root)
+  provider: dict[str, set[str]] = {}
+  covered = set()
+  for name, target in targets.items():
+    for src in target["srcs"]:
+      covered.add(src)
+      provider.setdefault(module_of(src), set()).add(name)
+      if not (root / src).is_file():
+        problems.append(f"{name}: src {src} does not exist")
+    if target["main"] and target["main"] not in target["srcs"]:
+      problems.append(f"{name}: main {target['main']} is not among its srcs")
+    for dep in target["deps"]:
+      if not dep.startswith(":") or dep[1:] not in targets:
+        problems.append(f"{name}: dep {dep} is not a target in BUILD")
+    for requirement in target["requirements"]:
+      if requirement.lower() not in requirements:
+        problems.append(f"{name}: requirement {requirement} not in requirements.txt")
+  for directory in SOURCE_DIRS:
+    for path in sorted((root / directory).rglob("*.py")):
+      rel = path.relative_to(root).as_posix()
+      if rel not in covered:
+        problems.append(f"{rel} is in no target")
+  for name, target in targets.items():
+    visible = {name} | {d[1:] for d in target["deps"]}
+    for src in target["srcs"]:
+      if not (root / src).is_file():
+        continue
+      for imported in in_repo_imports(root / src):
+        candidates = [imported, imported.rsplit(".", 1)[0]]
+        owners = set().union(*(provider.get(c, set()) for c in candidates))
+        if not owners:
+          if imported.replace(".", "/") and (root / imported.replace(".", "/")).is_dir():
+            continue  # a bare package import; its modules are checked where used
+          problems.append(f"{name}: {src} imports {imported}, which no target provides")
+        elif not owners & visible:
+          problems.append(
+              f"{name}: {src} imports {imported} from {sorted(owners)}, not a direct dep"
+          )
+  return problems
+
+
+def test_build_matches_the_tree():
+  problems = check_build((ROOT / "BUILD").read_text(), ROOT)
+  assert not problems, "BUILD is out of date (run scripts/gen_build.py):\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def toy_tree(tmp_path):
+  (tmp_path / "requirements.txt").write_text("tensorflow==2.16.2\n")
+  for directory in ("preprocessing", "trainer", "tests"):
+    (tmp_path / directory).mkdir()
+  (tmp_path / "preprocessing" / "features.py").write_text("X = 1\n")
+  (tmp_path / "trainer" / "model.py").write_text(
+      "import tensorflow\nfrom preprocessing import features\n"
+  )
+  (tmp_path / "tests" / "test_model.py").write_text("from trainer import model\n")
+  return tmp_path
+
+
+GOOD_BUILD = """
+py_library(name = "preprocessing", srcs = ["preprocessing/features.py"])
+py_library(name = "trainer", srcs = ["trainer/model.py"],
+           deps = [":preprocessing", requirement("tensorflow")])
+py_test(name = "tests_test_model", srcs = ["tests/test_model.py"], deps = [":trainer"])
+"""
+
+
+def test_checker_accepts_a_true_build(toy_tree):
+  assert check_build(GOOD_BUILD, toy_tree) == []
+
+
+@pytest.mark.parametrize(
+    "mutation,expected",
+    [
+        (lambda b: b.replace(', deps = [":trainer"]', ""), "not a direct dep"),
+        (lambda b: b.replace('":preprocessing", ', ""), "not a direct dep"),
+        (lambda b: b.replace('"preprocessing/features.py"', '"preprocessing/gone.py"'),
+         "does not exist"),
+        (lambda b: b.replace('requirement("tensorflow")', 'requirement("torch")'),
+         "not in requirements.txt"),
+        (lambda b: b.replace('":trainer"]', '":nope"]'), "not a target"),
+    ],
+)
+def test_checker_catches_a_false_build(toy_tree, mutation, expected):
+  problems = check_build(mutation(GOOD_BUILD), toy_tree)
+  assert any(expected in p for p in problems), problems
+
+
+def test_checker_catches_an_uncovered_module(toy_tree):
+  (toy_tree / "trainer" / "extra.py").write_text("")
+  problems = check_build(GOOD_BUILD, toy_tree)
+  assert "trainer/extra.py is in no target" in problems
