@@ -1,0 +1,213 @@
+"""Typed settings of the TFX pipeline: one `PipelineConfig` flows from the
+runner into `create_pipeline`.
+
+`PipelineConfig.from_dict` rejects unknown keys, so a typo in a config file or
+a runner is an error instead of a setting silently ignored. Nothing here
+imports TFX; the runners parse flags into this object cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import re
+from typing import Any, Mapping, Optional
+
+from preprocessing import features
+
+# Kubeflow (and Vertex) require this form for pipeline names.
+PIPELINE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+INPUT_FORMATS = ("behavior", "impressions", "movielens")
+DEFAULT_SCHEMA_PATH = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "schema", "schema.pbtxt"
+)
+DEFAULT_BEAM_ARGS: tuple[str, ...] = (
+    "--direct_running_mode=multi_processing",
+    "--direct_num_workers=2",
+)
+# Evaluation slices: history length in [edge_i, edge_{i+1}).
+DEFAULT_HISTORY_LENGTH_EDGES: tuple[int, ...] = (0, 1, 10, 100, 1000)
+
+
+class ConfigError(ValueError):
+  """A pipeline setting is missing, unknown or out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """Every setting of one pipeline run.
+
+  Attributes:
+    pipeline_root: where TFX writes artifacts (local path or gs://...).
+    data_root: the raw logs (`behaviors/YYYYMMDD.csv`, `impressions/...`).
+    serving_model_dir: the base directory TF Serving watches; the Pusher
+      writes numbered versions under it.
+    pipeline_name: matches [a-z0-9][a-z0-9-]{0,127} (Kubeflow's rule).
+    metadata_path: SQLite ML Metadata file for local runs; empty means
+      `<pipeline_root>/metadata.sqlite`.
+    input_format: raw log format read by the ingestion ExampleGen.
+    date: the newest day (span) to train on and evaluate on; None means the
+      newest span found under data_root.
+    rolling_window_days: days of impressions in one run (train + eval).
+    eval_days: newest days of the window held out for evaluation.
+    max_seq_len: history positions kept per example (ingestion, Transform,
+      model); must equal the schema's sequence bound.
+    neg_per_pos: sampled negatives per positive (behavior format).
+    min_history: examples with shorter histories are dropped by ingestion.
+    seed: seed of negative sampling and of the model.
+    model: model variant name (`trainer.model`).
+    train_steps / eval_steps: Trainer steps.
+    batch_size: training batch size.
+    hyperparameters: extra model/training settings for `trainer.model.run_fn`
+      (validated there by the trainer's typed config).
+    warm_start: initialise from the latest blessed (served) model.
+    schema_path: the curated schema file imported by ImportSchemaGen.
+    max_reject_fraction: the run stops when ingestion rejects more than this
+      fraction of raw rows (rejected rows never reach ExampleValidator).
+    auc_lower_bound: a model with a lower eval AUC is never blessed.
+    auc_max_decrease: a model whose AUC is lower than the baseline's by more
+      than this is not blessed.
+    history_length_edges: evaluation slices by history length.
+    infra_validation_examples: held-out examples sent to the candidate in the
+      offline infra validation and kept as TF Serving warm-up requests.
+    beam_pipeline_args: Beam options of every Beam-based component.
+    enable_cache: reuse cached executions (makes reruns of a date cheap).
+  """
+
+  pipeline_root: str
+  data_root: str
+  serving_model_dir: str
+  pipeline_name: str = "eta-ctr"
+  metadata_path: str = ""
+  input_format: str = "behavior"
+  date: Optional[datetime.date] = None
+  rolling_window_days: int = 7
+  eval_days: int = 1
+  max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN
+  neg_per_pos: int = 1
+  min_history: int = 1
+  seed: int = 0
+  model: str = "eta"
+  train_steps: int = 1000
+  eval_steps: int = 100
+  batch_size: int = 256
+  hyperparameters: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  warm_start: bool = True
+  schema_path: str = DEFAULT_SCHEMA_PATH
+  max_reject_fraction: float = 0.001
+  auc_lower_bound: float = 0.5
+  auc_max_decrease: float = 0.002
+  history_length_edges: tuple[int, ...] = DEFAULT_HISTORY_LENGTH_EDGES
+  infra_validation_examples: int = 32
+  beam_pipeline_args: tuple[str, ...] = DEFAULT_BEAM_ARGS
+  enable_cache: bool = True
+
+  def __post_init__(self) -> None:
+    # Frozen: normalise sequences to tuples through object.__setattr__.
+    object.__setattr__(self, "beam_pipeline_args", tuple(self.beam_pipeline_args))
+    object.__setattr__(self, "history_length_edges", tuple(self.history_length_edges))
+    object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
+    if isinstance(self.date, str):
+      object.__setattr__(self, "date", parse_date(self.date))
+    for name in ("pipeline_root", "data_root", "serving_model_dir"):
+      if not isinstance(getattr(self, name), str) or not getattr(self, name):
+        raise ConfigError(f"{name} must be a non-empty path")
+    if not PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name):
+      raise ConfigError(
+          f"pipeline_name {self.pipeline_name!r} must match "
+          f"{PIPELINE_NAME_PATTERN.pattern} (Kubeflow's rule)"
+      )
+    if self.input_format not in INPUT_FORMATS:
+      raise ConfigError(
+          f"input_format {self.input_format!r} is not one of {INPUT_FORMATS}"
+      )
+    if self.date is not None and not isinstance(self.date, datetime.date):
+      raise ConfigError(f"date must be a datetime.date, got {self.date!r}")
+    _check_int(self, "rolling_window_days", 2)
+    _check_int(self, "eval_days", 1)
+    if self.eval_days >= self.rolling_window_days:
+      raise ConfigError(
+          f"eval_days ({self.eval_days}) must be smaller than "
+          f"rolling_window_days ({self.rolling_window_days}): some days must "
+          "remain for training"
+      )
+    _check_int(self, "max_seq_len", 1, features.MAX_SUPPORTED_SEQ_LEN)
+    if self.max_seq_len < features.SHORT_SEQ_LEN:
+      raise ConfigError(
+          f"max_seq_len ({self.max_seq_len}) must be at least the short "
+          f"sequence length {features.SHORT_SEQ_LEN}"
+      )
+    _check_int(self, "neg_per_pos", 0)
+    _check_int(self, "min_history", 0)
+    _check_int(self, "seed", 0)
+    _check_int(self, "train_steps", 1)
+    _check_int(self, "eval_steps", 1)
+    _check_int(self, "batch_size", 1)
+    _check_int(self, "infra_validation_examples", 1)
+    if not isinstance(self.model, str) or not self.model:
+      raise ConfigError("model must name a model variant")
+    for name in ("warm_start", "enable_cache"):
+      if not isinstance(getattr(self, name), bool):
+        raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
+    if not 0.0 <= self.max_reject_fraction <= 1.0:
+      raise ConfigError("max_reject_fraction must be in [0, 1]")
+    if not 0.0 <= self.auc_lower_bound <= 1.0:
+      raise ConfigError("auc_lower_bound must be in [0, 1]")
+    if not 0.0 <= self.auc_max_decrease <= 1.0:
+      raise ConfigError("auc_max_decrease must be in [0, 1]")
+    edges = self.history_length_edges
+    if (
+        not edges
+        or edges[0] != 0
+        or any(not isinstance(e, int) for e in edges)
+        or any(b <= a for a, b in zip(edges, edges[1:]))
+    ):
+      raise ConfigError(
+          f"history_length_edges {edges!r} must be strictly increasing ints "
+          "starting at 0"
+      )
+    if not all(isinstance(a, str) for a in self.beam_pipeline_args):
+      raise ConfigError("beam_pipeline_args must be strings")
+
+  @property
+  def resolved_metadata_path(self) -> str:
+    return self.metadata_path or os.path.join(self.pipeline_root, "metadata.sqlite")
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "PipelineConfig":
+    """Builds a config, refusing keys that are not fields (typos)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ConfigError(
+          f"unknown pipeline setting(s) {unknown}; known: {sorted(known)}"
+      )
+    return cls(**values)
+
+  def replace(self, **changes: Any) -> "PipelineConfig":
+    return self.from_dict({**dataclasses.asdict(self), **changes})
+
+
+def _check_int(
+    config: PipelineConfig, name: str, minimum: int, maximum: Optional[int] = None
+) -> None:
+  value = getattr(config, name)
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise ConfigError(f"{name} must be an int, got {value!r}")
+  if value < minimum or (maximum is not None and value > maximum):
+    upper = "" if maximum is None else f" and <= {maximum}"
+    raise ConfigError(f"{name} must be >= {minimum}{upper}, got {value}")
+
+
+def parse_date(text: str) -> datetime.date:
+  """'2024-05-31' -> date(2024, 5, 31), with a clear error otherwise."""
+  try:
+    return datetime.date.fromisoformat(text)
+  except ValueError:
+    raise ConfigError(f"date {text!r} is not YYYY-MM-DD") from None
+
+
+def span_of_date(day: datetime.date) -> int:
+  """The TFX span number of a `{YYYY}{MM}{DD}` input: days since 1970-01-01."""
+  return (day - datetime.date(1970, 1, 1)).days
