@@ -16,6 +16,8 @@ Layout of the outputs (all dense, batch first):
     the static slice `[:, -SHORT_SEQ_LEN:]`. A longer history keeps its most
     recent max_seq_len behaviours.
   * `hist_length`: int64 [B].
+  Behaviour types are stored as type index + 1 (0 = padding); an example
+  without types (absent feature or empty list) gets 1 (pv) everywhere.
   * `label`, `user_id`: int64 [B], passed through when present.
 """
 
@@ -167,7 +169,8 @@ def transform_features(
       `label`) as [B] or [B, 1]; sequences (`hist_item_ids`,
       `hist_category_ids`, `hist_timestamps`, optional `hist_behavior_types`)
       as SparseTensor or RaggedTensor [B, None], all of one example the same
-      length. Other keys are ignored.
+      length, except that an example may have no behaviour types at all
+      (then every behaviour counts as pv). Other keys are ignored.
     max_seq_len: the static length of the output sequences.
 
   Returns:
@@ -218,9 +221,19 @@ def transform_features(
           sequences[name].row_lengths(), reference.row_lengths(),
           message=f"{name} and {features.HIST_ITEM_IDS.name} differ in length",
       )
-      for name in sequences if name != features.HIST_ITEM_IDS.name
+      for name in sequences
+      if name not in (features.HIST_ITEM_IDS.name, features.HIST_BEHAVIOR_TYPES.name)
   ]
   if has_types:
+    type_lengths = sequences[features.HIST_BEHAVIOR_TYPES.name].row_lengths()
+    # An example without types parses to an empty row: it means "absent".
+    checks.append(tf.debugging.assert_equal(
+        (type_lengths == reference.row_lengths()) | (type_lengths == 0), True,
+        message=(
+            f"{features.HIST_BEHAVIOR_TYPES.name} and "
+            f"{features.HIST_ITEM_IDS.name} differ in length"
+        ),
+    ))
     types = sequences[features.HIST_BEHAVIOR_TYPES.name].values
     checks.append(tf.debugging.assert_less(
         types, tf.constant(len(features.BEHAVIOR_TYPES), tf.int64),
@@ -241,11 +254,16 @@ def transform_features(
       - sequences[features.HIST_TIMESTAMPS.name].values
   )
   outputs[HIST_TIME_GAP_BUCKETS] = padder.pad(time_gap_bucket(gaps))
+  # Logs without types (MovieLens) count every behaviour as a view (pv).
+  type_slots = tf.ones_like(reference.values)
   if has_types:
-    type_slots = sequences[features.HIST_BEHAVIOR_TYPES.name].values + 1
-  else:
-    # Logs without types (MovieLens) count every behaviour as a view (pv).
-    type_slots = tf.ones_like(reference.values)
+    has_row_types = tf.gather(type_lengths > 0, padder.row_ids)
+    value_positions = tf.boolean_mask(
+        tf.range(tf.size(type_slots, out_type=tf.int64)), has_row_types
+    )
+    type_slots = tf.tensor_scatter_nd_update(
+        type_slots, value_positions[:, tf.newaxis], types + 1
+    )
   outputs[features.HIST_BEHAVIOR_TYPES.name] = padder.pad(type_slots)
   outputs[HIST_LENGTH] = tf.minimum(
       padder.row_lengths, tf.constant(max_seq_len, tf.int64)

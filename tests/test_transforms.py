@@ -280,3 +280,16 @@ def test_bad_arguments_are_refused():
     transforms.transform_features(matrix, max_seq_len=4)
   with pytest.raises(ValueError, match="buckets"):
     transforms.hash_ids(tf.constant([1], tf.int64), 1)
+
+
+def test_examples_without_types_in_a_typed_batch_default_to_view():
+  """Parsing a batch where some examples lack the feature gives empty rows."""
+  examples = hand_examples()
+  examples[0]["hist_behavior_types"] = []
+  got = transforms.transform_features(to_inputs(examples), max_seq_len=4)
+  np.testing.assert_array_equal(
+      got["hist_behavior_types"], [[0, 1, 1, 1], [0, 0, 0, 0], [2, 3, 4, 1]]
+  )
+  examples[0]["hist_behavior_types"] = [0, 3]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="differ in length"):
+    transforms.transform_features(to_inputs(examples), max_seq_len=4)
