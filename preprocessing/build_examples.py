@@ -1,0 +1,156 @@
+r"""Builds point-in-time long-sequence TFRecords from raw logs with Beam.
+
+  python -m preprocessing.build_examples --input=GLOB \
+      --input_format=behavior|impressions|movielens [--behavior_log=GLOB] \
+      [--movies=GLOB] --output_dir=DIR --max_seq_len=1024 --neg_per_pos=1 \
+      --min_history=1 --eval_days=1 [--seed=0] [beam pipeline args]
+
+Writes OUTPUT_DIR/train/*.tfrecord.gz, OUTPUT_DIR/eval/*.tfrecord.gz,
+OUTPUT_DIR/rejected/*.jsonl (dead letters) and OUTPUT_DIR/summary.json, checks
+that rows_read == rows_valid + rows_rejected and prints the summary.
+
+Arguments this binary does not define go to Beam's PipelineOptions unchanged
+(e.g. --runner=DataflowRunner --project=... --region=... --temp_location=gs://
+...). Without a --runner the job runs on the DirectRunner with
+--direct_running_mode=multi_processing --direct_num_workers=2.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from preprocessing import environment
+from preprocessing import features
+from preprocessing import raw_logs
+
+_INPUT = flags.DEFINE_list(
+    "input", None,
+    "Glob(s) of the main input: the behaviour log (behavior), the impression "
+    "log (impressions) or ratings.csv (movielens). CSV or Parquet; .gz is "
+    "decompressed.",
+)
+_INPUT_FORMAT = flags.DEFINE_enum(
+    "input_format", None, list(raw_logs.INPUT_FORMATS), "Format of --input."
+)
+_BEHAVIOR_LOG = flags.DEFINE_list(
+    "behavior_log", None,
+    "Glob(s) of the behaviour log for the histories (impressions only).",
+)
+_MOVIES = flags.DEFINE_list(
+    "movies", None,
+    "Glob(s) of movies.csv (movielens only); default: movies.csv in the "
+    "directory of the first --input glob.",
+)
+_FILE_TYPE = flags.DEFINE_enum(
+    "file_type", "auto", ["auto", "csv", "parquet"],
+    "Input file type; auto: Parquet iff every glob ends in .parquet.",
+)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory.")
+_MAX_SEQ_LEN = flags.DEFINE_integer(
+    "max_seq_len", features.DEFAULT_MAX_SEQ_LEN,
+    "History length kept (most recent behaviours).",
+)
+_NEG_PER_POS = flags.DEFINE_integer(
+    "neg_per_pos", 1, "Negatives sampled per positive (behavior only)."
+)
+_MIN_HISTORY = flags.DEFINE_integer(
+    "min_history", 1, "Skip impressions with fewer earlier behaviours."
+)
+_EVAL_DAYS = flags.DEFINE_integer(
+    "eval_days", 1, "The last this many UTC days of impressions are eval."
+)
+_SEED = flags.DEFINE_integer("seed", 0, "Negative sampling seed.")
+_CHUNK_SECONDS = flags.DEFINE_integer(
+    "chunk_seconds", 86_400,
+    "Time chunk of the (user, chunk) keys that spread a heavy user's work.",
+)
+_MAX_TIMESTAMP = flags.DEFINE_integer(
+    "max_timestamp", None,
+    "Latest valid timestamp (Unix seconds); default: one day after now.",
+)
+
+DEFAULT_LOCAL_BEAM_ARGS: tuple[str, ...] = (
+    "--direct_running_mode=multi_processing",
+    "--direct_num_workers=2",
+)
+
+
+def beam_args_with_defaults(beam_args: Sequence[str]) -> list[str]:
+  """Adds the local multi-process DirectRunner args unless a runner is given."""
+  args = list(beam_args)
+  if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+    args += DEFAULT_LOCAL_BEAM_ARGS
+  return args
+
+
+def run(config, output_dir: str, beam_args: Sequence[str]) -> dict[str, Any]:
+  """Runs the ingestion job and returns the checked summary.
+
+  Args:
+    config: an ingestion.IngestionConfig.
+    output_dir: where train/, eval/, rejected/ and summary.json go.
+    beam_args: PipelineOptions arguments (runner and its settings).
+  """
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+
+  from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
+
+  ingestion.register_tf_filesystems(
+      [output_dir, *config.input_patterns, *config.behavior_patterns]
+  )
+  options = PipelineOptions(list(beam_args))
+  with beam.Pipeline(options=options) as pipeline:
+    outputs = ingestion.expand_ingestion(pipeline, config)
+    ingestion.write_examples(outputs, output_dir)
+    ingestion.write_side_outputs(outputs, output_dir)
+  return ingestion.read_summary(output_dir)
+
+
+def _default_movies(input_globs: Sequence[str]) -> list[str]:
+  return [posixpath.join(posixpath.dirname(input_globs[0]), "movies.csv")]
+
+
+def main(argv: Sequence[str]) -> None:
+  environment.check_environment()
+  from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
+
+  for flag in (_INPUT, _INPUT_FORMAT, _OUTPUT_DIR):
+    if flag.value is None:
+      raise app.UsageError(f"--{flag.name} is required")
+  movies: Optional[list[str]] = None
+  if _INPUT_FORMAT.value == "movielens":
+    movies = _MOVIES.value or _default_movies(_INPUT.value)
+  config = ingestion.IngestionConfig(
+      input_format=_INPUT_FORMAT.value,
+      input_patterns=tuple(_INPUT.value),
+      behavior_patterns=tuple(_BEHAVIOR_LOG.value or ()),
+      movies_patterns=tuple(movies or ()),
+      file_type=_FILE_TYPE.value,
+      max_seq_len=_MAX_SEQ_LEN.value,
+      min_history=_MIN_HISTORY.value,
+      eval_days=_EVAL_DAYS.value,
+      chunk_seconds=_CHUNK_SECONDS.value,
+      neg_per_pos=_NEG_PER_POS.value,
+      seed=_SEED.value,
+      max_timestamp=_MAX_TIMESTAMP.value,
+  )
+  beam_args = beam_args_with_defaults(argv[1:])
+  logging.info("Beam args: %s", beam_args)
+  summary = run(config, _OUTPUT_DIR.value, beam_args)
+  print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def _parse_known_flags(argv: list[str]) -> list[str]:
+  """Parses this binary's flags; the rest (Beam's) stay in argv."""
+  return flags.FLAGS(argv, known_only=True)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_known_flags)
