@@ -1,0 +1,1 @@
+"""Keras layers of the ETA model family (one layer per module)."""
