@@ -1,0 +1,132 @@
+"""Top-k behaviours by Hamming distance between packed SimHash signatures.
+
+ETA's retrieval step: for each example, the k history positions whose
+signatures are closest to the candidate's. Padding never wins over a real
+behaviour, and when a user has fewer than k behaviours the surplus slots come
+back with valid=False so the attention downstream masks them.
+
+Ties are common (distances are integers 0..m), so the order is made explicit
+rather than left to the top_k kernel: every position gets the distinct score
+`distance * L + tie_rank` (tie_rank = position, or L - 1 - position when
+`prefer_recent`), computed exactly in int32 and cast to float32, which holds
+integers exactly below 2**24. XLA's CPU top_k is ~8x slower on int32 than on
+float32, hence the cast.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from trainer.layers import simhash
+
+# float32 represents every integer up to 2**24 exactly.
+_MAX_EXACT_FLOAT32_INT = 2**24
+
+
+@tf.keras.utils.register_keras_serializable(package="eta")
+class HammingTopK(tf.keras.layers.Layer):
+  """Indices of the k behaviours nearest the query in Hamming distance.
+
+  Order of the result: increasing distance; among equal distances, lower
+  history index first (the older behaviour, since histories are left-padded
+  oldest first), or higher index first with `prefer_recent=True`. Padding
+  positions (mask False) come after every real behaviour, in the same tie
+  order.
+
+  Args:
+    k: number of behaviours to retrieve, >= 1 and <= L.
+    prefer_recent: break distance ties towards the more recent behaviour
+      (higher index) instead of the older one.
+    **kwargs: standard Layer arguments.
+
+  Call arguments:
+    query_signatures: int64 [B, W], packed signatures of the candidates.
+    key_signatures: int64 [B, L, W], packed signatures of the history.
+    mask: bool [B, L], True at real behaviours.
+
+  Returns:
+    indices: int32 [B, k], positions into L, nearest first.
+    valid: bool [B, k], False for slots holding padding (the user had fewer
+      than k behaviours).
+
+  Example:
+    >>> top = HammingTopK(k=2)
+    >>> q = tf.constant([[0b0000]], tf.int64)
+    >>> keys = tf.constant([[[0b0111], [0b0001], [0b0011]]], tf.int64)
+    >>> top(q, keys, mask=tf.constant([[True, True, False]]))[0].numpy()
+    array([[1, 0]], dtype=int32)
+  """
+
+  def __init__(self, k: int = 64, prefer_recent: bool = False, **kwargs):
+    super().__init__(**kwargs)
+    if isinstance(k, bool) or not isinstance(k, int):
+      raise ValueError(f"k must be an int, got {k!r}.")
+    if k < 1:
+      raise ValueError(f"k must be >= 1, got {k}.")
+    if not isinstance(prefer_recent, bool):
+      raise ValueError(f"prefer_recent must be a bool, got {prefer_recent!r}.")
+    self.k = k
+    self.prefer_recent = prefer_recent
+
+  def _check_shapes(self, query_shape, key_shape, mask_shape):
+    if query_shape.rank != 2 or key_shape.rank != 3 or mask_shape.rank != 2:
+      raise ValueError(
+          "HammingTopK expects query_signatures [B, W], key_signatures "
+          f"[B, L, W] and mask [B, L]; got {query_shape}, {key_shape}, "
+          f"{mask_shape}."
+      )
+    words = key_shape[-1]
+    if words is None or query_shape[-1] != words:
+      raise ValueError(
+          "query and key signatures need the same static word count, got "
+          f"{query_shape[-1]} and {words}."
+      )
+    length = key_shape[1]
+    if length is None:
+      raise ValueError(
+          "HammingTopK needs a static history length L (pad to max_seq_len)."
+      )
+    if mask_shape[1] is not None and mask_shape[1] != length:
+      raise ValueError(
+          f"mask length {mask_shape[1]} differs from the history length "
+          f"{length}."
+      )
+    if self.k > length:
+      raise ValueError(
+          f"k={self.k} is larger than the history length L={length}."
+      )
+    # Padding sits at distance max + 1, so scores reach (max + 2) * L.
+    max_distance = simhash.BITS_PER_WORD * words
+    if (max_distance + 2) * length > _MAX_EXACT_FLOAT32_INT:
+      raise ValueError(
+          f"L={length} with {words}-word signatures exceeds the exact float32 "
+          f"score range (need (64 W + 2) L <= 2**24)."
+      )
+    return length
+
+  def call(self, query_signatures, key_signatures, mask):
+    query_signatures = tf.convert_to_tensor(query_signatures)
+    key_signatures = tf.convert_to_tensor(key_signatures)
+    mask = tf.convert_to_tensor(mask)
+    if mask.dtype != tf.bool:
+      raise ValueError(f"mask must be bool, got {mask.dtype.name}.")
+    length = self._check_shapes(
+        query_signatures.shape, key_signatures.shape, mask.shape
+    )
+    distance = simhash.hamming_distance(
+        query_signatures[:, tf.newaxis, :], key_signatures
+    )
+    padding_distance = simhash.BITS_PER_WORD * key_signatures.shape[-1] + 1
+    distance = tf.where(mask, distance, padding_distance)
+    position = tf.range(length, dtype=tf.int32)
+    tie_rank = (length - 1 - position) if self.prefer_recent else position
+    # Distinct integers < 2**24: exact in float32, so top_k has no ties.
+    score = -tf.cast(distance * length + tie_rank, tf.float32)
+    _, indices = tf.math.top_k(score, k=self.k, sorted=True)
+    valid = tf.gather(mask, indices, batch_dims=1)
+    return indices, valid
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"k": self.k, "prefer_recent": self.prefer_recent})
+    return config
