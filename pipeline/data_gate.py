@@ -1,0 +1,109 @@
+"""The data gate: stops a run before Transform when the data is not sane.
+
+ExampleValidator only records anomalies; it does not stop a pipeline. The
+`DataGate` component (pipeline/components.py) reads its output and fails the
+run (raises `DataValidationError`) when
+
+  * any split has a schema anomaly (too-long histories, a string or negative
+    id, a missing feature, an out-of-domain label ...), or
+  * ingestion rejected more than `max_reject_fraction` of the raw rows (a
+    garbage shard, a string in an id column: rejected rows become dead
+    letters, never examples, so ExampleValidator cannot see them; the
+    ingestion summary counts them).
+
+When the data passes, it re-emits the curated schema, and Transform reads
+that output, so Transform (and everything after it) depends on the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Optional
+
+ANOMALIES_FILE = "SchemaDiff.pb"  # tfx ExampleValidator's file per split
+SUMMARY_FILE = "summary.json"  # written by the ingestion ExampleGen
+GATE_REPORT_FILE = "data_gate.json"
+
+
+class DataValidationError(RuntimeError):
+  """The run's input data failed validation; training must not start."""
+
+
+def describe_anomalies(anomalies_by_split: Mapping[str, Any]) -> list[str]:
+  """{split: tensorflow_metadata Anomalies} -> one line per anomaly."""
+  from tensorflow_metadata.proto.v0 import anomalies_pb2  # pylint: disable=g-import-not-at-top
+
+  type_name = anomalies_pb2.AnomalyInfo.Type.Name
+  problems = []
+  for split, anomalies in sorted(anomalies_by_split.items()):
+    for feature, info in sorted(anomalies.anomaly_info.items()):
+      kinds = ",".join(sorted({type_name(r.type) for r in info.reason}))
+      problems.append(
+          f"split {split}: feature {feature}: {info.short_description} "
+          f"({info.description}) [{kinds}]"
+      )
+    if anomalies.HasField("dataset_anomaly_info"):
+      info = anomalies.dataset_anomaly_info
+      problems.append(f"split {split}: dataset: {info.short_description} ({info.description})")
+  return problems
+
+
+def describe_rejects(
+    summary: Optional[Mapping[str, Any]], max_reject_fraction: float
+) -> list[str]:
+  """Problems found in the ingestion summary (rows read vs rejected)."""
+  if summary is None:
+    return [
+        f"no ingestion {SUMMARY_FILE} next to the examples: cannot check the "
+        "rejected-row fraction"
+    ]
+  try:
+    rows_read = int(summary["rows_read"])
+    rows_rejected = int(summary["rows_rejected"])
+  except (KeyError, TypeError, ValueError):
+    return [f"ingestion summary lacks rows_read/rows_rejected: {dict(summary)}"]
+  if rows_read <= 0:
+    return ["ingestion read no rows"]
+  fraction = rows_rejected / rows_read
+  if fraction > max_reject_fraction:
+    by_reason = summary.get("rejected_by_reason", {})
+    return [
+        f"ingestion rejected {rows_rejected} of {rows_read} rows "
+        f"({fraction:.2%} > {max_reject_fraction:.2%}); by reason: {by_reason}"
+    ]
+  return []
+
+
+def load_anomalies(anomalies_uri: str, splits: list[str]) -> dict[str, Any]:
+  """Reads ExampleValidator's `Split-<name>/SchemaDiff.pb` files."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow_metadata.proto.v0 import anomalies_pb2  # pylint: disable=g-import-not-at-top
+
+  result = {}
+  for split in splits:
+    path = os.path.join(anomalies_uri, f"Split-{split}", ANOMALIES_FILE)
+    with tf.io.gfile.GFile(path, "rb") as f:
+      result[split] = anomalies_pb2.Anomalies.FromString(f.read())
+  return result
+
+
+def load_summary(examples_uri: str) -> Optional[dict]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(examples_uri, SUMMARY_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def check(
+    anomalies_by_split: Mapping[str, Any],
+    summary: Optional[Mapping[str, Any]],
+    max_reject_fraction: float,
+) -> list[str]:
+  """All reasons to stop the run; empty when the data passes."""
+  return describe_anomalies(anomalies_by_split) + describe_rejects(
+      summary, max_reject_fraction
+  )
