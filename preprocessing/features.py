@@ -110,3 +110,19 @@ def feature(name: str) -> Feature:
     raise KeyError(
         f"unknown feature {name!r}; known: {sorted(BY_NAME)}"
     ) from None
+
+
+# The exported model's serving interface, shared by the export, the serving
+# client and the infra validation: signature names, input keys, output key.
+SERVING_DEFAULT_SIGNATURE = "serving_default"
+# serving_default input: serialized tf.Example strings (label absent), [batch].
+SERVING_EXAMPLES_KEY = "examples"
+RANK_SIGNATURE = "rank"
+# rank inputs besides the history (HIST_ITEM_IDS, HIST_CATEGORY_IDS,
+# HIST_TIMESTAMPS by their names, int64 [L]): the N candidates, int64 [N],
+# and the request's Unix seconds, an int64 scalar.
+RANK_ITEM_IDS_KEY = "item_ids"
+RANK_CATEGORY_IDS_KEY = "category_ids"
+RANK_REQUEST_TIMESTAMP_KEY = "request_timestamp"
+# Output of both signatures: float32 click probabilities, [batch] or [N].
+PROBABILITIES_KEY = "probabilities"
