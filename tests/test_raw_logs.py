@@ -1,0 +1,162 @@
+"""Raw row parsing: every reject reason, headers, MovieLens genres, bounds."""
+
+import json
+import zlib
+
+import pytest
+
+from preprocessing import raw_logs
+from preprocessing.raw_logs import (
+    Behavior, Header, Impression, MovieGenre, Rating, Reject,
+)
+
+BOUNDS = raw_logs.TimestampBounds(631_152_000, 1_800_000_000)
+SRC = "gs://bucket/logs/20231114.csv"
+
+
+def _behavior(line):
+  return raw_logs.parse_line(line, SRC, raw_logs.BEHAVIOR_ROWS, BOUNDS)
+
+
+def _impression(line):
+  return raw_logs.parse_line(line, SRC, raw_logs.IMPRESSION_ROWS, BOUNDS)
+
+
+def test_valid_behavior_row():
+  assert _behavior("1,2,3,cart,1700000000") == Behavior(1, 2, 3, 1, 1700000000)
+  # Windows line ending and surrounding spaces are tolerated.
+  assert _behavior(" 7 ,8,9,buy, 1700000001\r") == Behavior(7, 8, 9, 3, 1700000001)
+
+
+def test_valid_impression_row():
+  assert _impression("5,6,7,1700000000,1") == Impression(5, 6, 7, 1700000000, 1)
+  assert _impression("5,6,7,1700000000,0").label == 0
+
+
+# (kind, line, expected reason), one per reason the kind can produce.
+MALFORMED = [
+    ("behavior", b"1,2,3,pv,17000\xff00000", raw_logs.BAD_ENCODING),
+    ("behavior", "", raw_logs.EMPTY_LINE),
+    ("behavior", "   ", raw_logs.EMPTY_LINE),
+    ("behavior", "1,2,3,pv", raw_logs.WRONG_COLUMN_COUNT),
+    ("behavior", "1,2,3,pv,1700000000,9", raw_logs.WRONG_COLUMN_COUNT),
+    ("behavior", "1,,3,pv,1700000000", raw_logs.MISSING_FIELD),
+    ("behavior", "1,2,3,,1700000000", raw_logs.MISSING_FIELD),
+    ("behavior", "u1,2,3,pv,1700000000", raw_logs.NON_NUMERIC_ID),
+    ("behavior", "1,2.5,3,pv,1700000000", raw_logs.NON_NUMERIC_ID),
+    ("behavior", "1,1_000,3,pv,1700000000", raw_logs.NON_NUMERIC_ID),
+    ("behavior", "1,2,-3,pv,1700000000", raw_logs.NEGATIVE_ID),
+    ("behavior", "1,9223372036854775808,3,pv,1700000000", raw_logs.ID_OUT_OF_RANGE),
+    ("behavior", "1,2,3,pv,-5", raw_logs.BAD_TIMESTAMP),
+    ("behavior", "1,2,3,pv,0", raw_logs.BAD_TIMESTAMP),
+    ("behavior", "1,2,3,pv,1700000000000", raw_logs.BAD_TIMESTAMP),  # millis
+    ("behavior", "1,2,3,pv,1800000001", raw_logs.BAD_TIMESTAMP),  # future
+    ("behavior", "1,2,3,pv,2023-11-14", raw_logs.BAD_TIMESTAMP),
+    ("behavior", "1,2,3,click,1700000000", raw_logs.UNKNOWN_BEHAVIOR_TYPE),
+    ("behavior", "1,2,3,PV,1700000000", raw_logs.UNKNOWN_BEHAVIOR_TYPE),
+    ("impression", "1,2,3,1700000000,2", raw_logs.BAD_LABEL),
+    ("impression", "1,2,3,1700000000,yes", raw_logs.BAD_LABEL),
+    ("movielens_rating", "1,2,5.5,1700000000", raw_logs.BAD_RATING),
+    ("movielens_rating", "1,2,nan,1700000000", raw_logs.BAD_RATING),
+    ("movielens_rating", "1,2,good,1700000000", raw_logs.BAD_RATING),
+    ("movielens_movie", '3,"Title, The (1999)",', raw_logs.MISSING_FIELD),
+    ("movielens_movie", "x3,Title,Drama", raw_logs.NON_NUMERIC_ID),
+]
+KINDS = {
+    "behavior": raw_logs.BEHAVIOR_ROWS,
+    "impression": raw_logs.IMPRESSION_ROWS,
+    "movielens_rating": raw_logs.MOVIELENS_RATING_ROWS,
+    "movielens_movie": raw_logs.MOVIELENS_MOVIE_ROWS,
+}
+
+
+@pytest.mark.parametrize("kind,line,reason", MALFORMED)
+def test_malformed_rows_are_rejected_with_the_reason_and_line(kind, line, reason):
+  result = raw_logs.parse_line(line, SRC, KINDS[kind], BOUNDS)
+  assert isinstance(result, Reject), result
+  assert result.reason == reason, result
+  assert result.source == SRC
+  expected_line = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+  assert result.line == expected_line
+  assert json.loads(result.to_json())["reason"] == reason
+
+
+def test_every_reason_is_produced_somewhere():
+  """The closed set has no dead entries (unknown_item comes from the lookup)."""
+  produced = {reason for _, _, reason in MALFORMED} | {raw_logs.UNKNOWN_ITEM}
+  assert produced == set(raw_logs.REJECT_REASONS)
+
+
+def test_headers_are_recognised_only_where_the_format_has_one():
+  header = "user_id,item_id,category_id,timestamp,clicked"
+  assert _impression(header) == Header(SRC)
+  assert raw_logs.parse_line(
+      "userId,movieId,rating,timestamp", SRC, raw_logs.MOVIELENS_RATING_ROWS,
+      BOUNDS,
+  ) == Header(SRC)
+  # The behaviour log has no header: such a line is a visible reject.
+  assert _behavior("user_id,item_id,category_id,behavior_type,timestamp").reason == (
+      raw_logs.NON_NUMERIC_ID
+  )
+
+
+def test_movielens_rows_and_genres():
+  assert raw_logs.parse_line(
+      "1,31,2.5,1260759144", SRC, raw_logs.MOVIELENS_RATING_ROWS, BOUNDS
+  ) == Rating(1, 31, 2.5, 1260759144)
+  movie = raw_logs.parse_line(
+      '11,"American President, The (1995)",Comedy|Drama|Romance', SRC,
+      raw_logs.MOVIELENS_MOVIE_ROWS, BOUNDS,
+  )
+  assert movie == MovieGenre(11, 5)  # Comedy is the 5th listed genre
+  assert raw_logs.genre_category_id("Action") == 1
+  assert raw_logs.genre_category_id("(no genres listed)") == 20
+  assert raw_logs.genre_category_id("Cyberpunk") == (
+      1000 + zlib.crc32(b"Cyberpunk") % 1_000_000
+  )
+  assert len(set(map(raw_logs.genre_category_id, raw_logs.MOVIELENS_GENRES))) == 20
+
+
+def test_rating_to_events_clicks_at_four_and_rejects_unknown_movies():
+  behavior, impression = raw_logs.rating_to_events(
+      Rating(1, 31, 4.0, 1260759144), {31: 8}, "1,31,4.0,1260759144", SRC
+  )
+  assert behavior == Behavior(1, 31, 8, raw_logs.NO_BEHAVIOR_TYPE, 1260759144)
+  assert impression == Impression(1, 31, 8, 1260759144, 1)
+  _, low = raw_logs.rating_to_events(Rating(1, 31, 3.5, 1), {31: 8}, "", SRC)
+  assert low.label == 0
+  reject = raw_logs.rating_to_events(
+      Rating(1, 99, 4.0, 1260759144), {31: 8}, "1,99,4.0,1260759144", SRC
+  )
+  assert reject == Reject(
+      raw_logs.UNKNOWN_ITEM, "1,99,4.0,1260759144", SRC,
+      "movieId=99 is not in movies.csv",
+  )
+
+
+def test_parquet_records():
+  kind = raw_logs.BEHAVIOR_ROWS
+  row = {"user_id": 1, "item_id": 2, "category_id": 3, "behavior_type": "fav",
+         "timestamp": 1700000000}
+  assert raw_logs.parse_record(row, SRC, kind, BOUNDS) == Behavior(1, 2, 3, 2, 1700000000)
+  missing = raw_logs.parse_record(
+      {k: v for k, v in row.items() if k != "item_id"}, SRC, kind, BOUNDS
+  )
+  assert missing.reason == raw_logs.WRONG_COLUMN_COUNT
+  assert json.loads(missing.line)["user_id"] == 1
+  assert raw_logs.parse_record({**row, "item_id": None}, SRC, kind, BOUNDS).reason == (
+      raw_logs.MISSING_FIELD
+  )
+  assert raw_logs.parse_record({**row, "item_id": True}, SRC, kind, BOUNDS).reason == (
+      raw_logs.NON_NUMERIC_ID
+  )
+
+
+def test_timestamp_bounds():
+  bounds = raw_logs.TimestampBounds.up_to_now(now=1_700_000_000.7)
+  assert bounds.max_timestamp == 1_700_086_400
+  assert bounds.min_timestamp == 631_152_000  # 1990-01-01
+  with pytest.raises(ValueError, match="min_timestamp"):
+    raw_logs.TimestampBounds(10, 5)
+  with pytest.raises(TypeError):
+    raw_logs.TimestampBounds(1.5, 5)
