@@ -1,0 +1,124 @@
+"""DIN attention (arXiv 1706.06978): the short-term branch of ETA.
+
+An activation unit (an MLP over [q, k, q - k, q * k]) scores every behaviour
+against the candidate; the output is the score-weighted SUM of the real
+behaviours' embeddings. As in the DIN paper there is no softmax, so the
+output's scale carries how much of the history is relevant.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+
+@tf.keras.utils.register_keras_serializable(package="eta")
+class DinAttention(tf.keras.layers.Layer):
+  """Masked DIN attention pooling of behaviours for one candidate.
+
+  Args:
+    hidden_units: widths of the activation unit's hidden layers (each >= 1;
+      empty for a single linear scorer). DIN's released code uses (80, 40).
+    activation: Keras activation name of the hidden layers ("sigmoid" as in
+      DIN's released code; "relu", "gelu", ...).
+    **kwargs: standard Layer arguments.
+
+  Call arguments:
+    query: float [B, D], the candidate's embedding.
+    keys: float [B, L, D], the behaviours' embeddings (same D).
+    mask: bool [B, L], True at real behaviours.
+
+  Output shape:
+    float [B, D]: sum over real l of score(q, k_l) * k_l; zeros when a row has
+    no real behaviour.
+
+  Example:
+    >>> din = DinAttention(hidden_units=[16, 8])
+    >>> din(tf.ones([2, 4]), tf.ones([2, 50, 4]),
+    ...     mask=tf.ones([2, 50], tf.bool)).shape
+    TensorShape([2, 4])
+  """
+
+  def __init__(
+      self,
+      hidden_units: Sequence[int] = (80, 40),
+      activation: str = "sigmoid",
+      **kwargs,
+  ):
+    super().__init__(**kwargs)
+    if isinstance(hidden_units, (str, bytes)) or not isinstance(
+        hidden_units, Sequence
+    ):
+      raise ValueError(
+          f"hidden_units must be a sequence of ints, got {hidden_units!r}."
+      )
+    for units in hidden_units:
+      if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+        raise ValueError(
+            f"hidden_units must be positive ints, got {list(hidden_units)}."
+        )
+    if not isinstance(activation, str):
+      raise ValueError(f"activation must be a name, got {activation!r}.")
+    try:
+      tf.keras.activations.get(activation)
+    except ValueError as error:
+      raise ValueError(f"unknown activation {activation!r}.") from error
+    self.hidden_units = tuple(hidden_units)
+    self.activation = activation
+
+  def build(self, input_shape):
+    query_shape = tf.TensorShape(input_shape)
+    if query_shape.rank != 2 or query_shape[-1] is None:
+      raise ValueError(
+          f"query must be [B, D] with a static D, got {query_shape}."
+      )
+    width = 4 * int(query_shape[-1])
+    self.hidden_layers = []
+    for index, units in enumerate(self.hidden_units):
+      dense = tf.keras.layers.Dense(
+          units, activation=self.activation, name=f"hidden_{index}"
+      )
+      dense.build([None, None, width])
+      self.hidden_layers.append(dense)
+      width = units
+    self.score_layer = tf.keras.layers.Dense(1, name="score")
+    self.score_layer.build([None, None, width])
+    super().build(input_shape)
+
+  def call(self, query, keys, mask):
+    query = tf.convert_to_tensor(query)
+    keys = tf.convert_to_tensor(keys)
+    mask = tf.convert_to_tensor(mask)
+    if mask.dtype != tf.bool:
+      raise ValueError(f"mask must be bool, got {mask.dtype.name}.")
+    if keys.shape.rank != 3 or mask.shape.rank != 2:
+      raise ValueError(
+          f"keys must be [B, L, D] and mask [B, L]; got {keys.shape} and "
+          f"{mask.shape}."
+      )
+    if keys.shape[-1] != query.shape[-1]:
+      raise ValueError(
+          f"query and keys need the same width D, got {query.shape[-1]} and "
+          f"{keys.shape[-1]}."
+      )
+    tiled_query = tf.broadcast_to(query[:, tf.newaxis, :], tf.shape(keys))
+    hidden = tf.concat(
+        [tiled_query, keys, tiled_query - keys, tiled_query * keys], axis=-1
+    )
+    for dense in self.hidden_layers:
+      hidden = dense(hidden)
+    scores = self.score_layer(hidden)  # [B, L, 1]
+    scores *= tf.cast(mask, scores.dtype)[:, :, tf.newaxis]
+    return tf.reduce_sum(scores * keys, axis=1)
+
+  def compute_output_shape(self, input_shape):
+    return tf.TensorShape(input_shape)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "hidden_units": list(self.hidden_units),
+        "activation": self.activation,
+    })
+    return config
