@@ -1,0 +1,227 @@
+"""Typed settings of the model family and of training.
+
+One `ModelConfig` picks the variant and its sizes; one `TrainConfig` holds the
+optimisation settings. Both reject unknown keys (`from_dict`) and check their
+values in `__post_init__`, so a typo or an impossible combination (top_k above
+max_seq_len, an unknown variant) is an error before any TensorFlow runs.
+Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence, TypeVar
+
+from preprocessing import features
+
+# The model family (see trainer/model.py for what each long branch does).
+VARIANTS: tuple[str, ...] = (
+    "eta", "din", "avgpool", "sim_hard", "exact_topk", "full_attention", "sdim"
+)
+# Variants whose long branch attends over k retrieved behaviours.
+TOP_K_VARIANTS: tuple[str, ...] = ("eta", "sim_hard", "exact_topk")
+ETA_NUM_BITS: tuple[int, ...] = (16, 32, 48, 64, 128)
+
+
+class ConfigError(ValueError):
+  """A model or training setting is unknown, missing or out of range."""
+
+
+_ConfigT = TypeVar("_ConfigT")
+
+
+def _from_dict(cls: type[_ConfigT], values: Mapping[str, Any]) -> _ConfigT:
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ConfigError(
+        f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(known)}"
+    )
+  return cls(**values)
+
+
+def _check_int(owner: Any, name: str, minimum: int, maximum: Optional[int] = None) -> None:
+  value = getattr(owner, name)
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise ConfigError(f"{name} must be an int, got {value!r}")
+  if value < minimum or (maximum is not None and value > maximum):
+    upper = "" if maximum is None else f" and <= {maximum}"
+    raise ConfigError(f"{name} must be >= {minimum}{upper}, got {value}")
+
+
+def _check_float(owner: Any, name: str, low: float, high: float, high_open: bool = False) -> None:
+  value = getattr(owner, name)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ConfigError(f"{name} must be a number, got {value!r}")
+  if value < low or value > high or (high_open and value == high):
+    bracket = ")" if high_open else "]"
+    raise ConfigError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
+  object.__setattr__(owner, name, float(value))
+
+
+def _check_units(owner: Any, name: str, allow_empty: bool) -> None:
+  value = getattr(owner, name)
+  if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+    raise ConfigError(f"{name} must be a sequence of ints, got {value!r}")
+  units = tuple(value)
+  if not units and not allow_empty:
+    raise ConfigError(f"{name} must not be empty")
+  if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
+    raise ConfigError(f"{name} must hold positive ints, got {value!r}")
+  object.__setattr__(owner, name, units)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """What model to build.
+
+  Attributes:
+    model: the variant, one of VARIANTS.
+    max_seq_len: static history length L (the transformed features' length).
+    short_seq_len: the short-term branch reads the last short_seq_len positions.
+    embedding_dim: d of the shared item and category embeddings (the item
+      embedding is what SimHash and exact top-k compare).
+    side_embedding_dim: dimension of the time-gap and behaviour-type
+      embeddings appended to each behaviour's key.
+    top_k: behaviours retrieved by eta, exact_topk and sim_hard (<= max_seq_len).
+    num_bits: SimHash signature bits for eta.
+    num_heads / head_dim: multi-head target attention of the long branch.
+    din_hidden_units: DIN activation unit of the short branch.
+    mlp_units: hidden layers of the final MLP.
+    dropout: dropout rate in the MLP and the attention.
+    sdim_num_bits / sdim_tau: SDIM hashing (m bits in groups of tau).
+    seed: seed of the SimHash projections and of weight initialisation.
+    jit_compile: run retrieval and attention under XLA when training
+      (exported serving functions never use XLA: TF Serving disables it).
+  """
+
+  model: str = "eta"
+  max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN
+  short_seq_len: int = features.SHORT_SEQ_LEN
+  embedding_dim: int = 32
+  side_embedding_dim: int = 8
+  top_k: int = 64
+  num_bits: int = 64
+  num_heads: int = 2
+  head_dim: int = 32
+  din_hidden_units: tuple[int, ...] = (64, 32)
+  mlp_units: tuple[int, ...] = (128, 64)
+  dropout: float = 0.0
+  sdim_num_bits: int = 48
+  sdim_tau: int = 3
+  seed: int = 0
+  jit_compile: bool = True
+
+  def __post_init__(self) -> None:
+    if self.model not in VARIANTS:
+      raise ConfigError(f"unknown model variant {self.model!r}; known: {VARIANTS}")
+    _check_int(self, "max_seq_len", 1, features.MAX_SUPPORTED_SEQ_LEN)
+    _check_int(self, "short_seq_len", 1)
+    if self.short_seq_len > self.max_seq_len:
+      raise ConfigError(
+          f"short_seq_len ({self.short_seq_len}) must be <= max_seq_len "
+          f"({self.max_seq_len})"
+      )
+    _check_int(self, "embedding_dim", 1)
+    _check_int(self, "side_embedding_dim", 1)
+    _check_int(self, "top_k", 1)
+    if self.model in TOP_K_VARIANTS and self.top_k > self.max_seq_len:
+      raise ConfigError(
+          f"top_k ({self.top_k}) must be <= max_seq_len ({self.max_seq_len}) "
+          f"for {self.model}"
+      )
+    if self.num_bits not in ETA_NUM_BITS:
+      raise ConfigError(f"num_bits must be one of {ETA_NUM_BITS}, got {self.num_bits!r}")
+    _check_int(self, "num_heads", 1)
+    _check_int(self, "head_dim", 1)
+    _check_units(self, "din_hidden_units", allow_empty=False)
+    _check_units(self, "mlp_units", allow_empty=True)
+    _check_float(self, "dropout", 0.0, 1.0, high_open=True)
+    _check_int(self, "sdim_tau", 1)
+    if self.sdim_num_bits not in ETA_NUM_BITS:
+      raise ConfigError(
+          f"sdim_num_bits must be one of {ETA_NUM_BITS}, got {self.sdim_num_bits!r}"
+      )
+    if self.sdim_num_bits % self.sdim_tau:
+      raise ConfigError(
+          f"sdim_num_bits ({self.sdim_num_bits}) must be a multiple of "
+          f"sdim_tau ({self.sdim_tau})"
+      )
+    _check_int(self, "seed", 0, 2**31 - 1)
+    if not isinstance(self.jit_compile, bool):
+      raise ConfigError(f"jit_compile must be a bool, got {self.jit_compile!r}")
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    return _from_dict(cls, values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def replace(self, **changes: Any) -> "ModelConfig":
+    return self.from_dict({**self.to_dict(), **changes})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How to train.
+
+  Attributes:
+    batch_size: examples per step (global, across replicas).
+    train_steps: optimizer steps.
+    eval_steps: eval batches; None reads the whole eval set once.
+    learning_rate: Adam's learning rate.
+    shuffle_buffer: examples in the training shuffle buffer (the files are
+      also read in shuffled order).
+    steps_per_epoch: Keras epoch length: progress lines, TensorBoard points
+      and BackupAndRestore checkpoints happen at epoch ends.
+  """
+
+  batch_size: int = 256
+  train_steps: int = 1000
+  eval_steps: Optional[int] = None
+  learning_rate: float = 1e-3
+  shuffle_buffer: int = 10_000
+  steps_per_epoch: int = 100
+
+  def __post_init__(self) -> None:
+    _check_int(self, "batch_size", 1)
+    _check_int(self, "train_steps", 1)
+    if self.eval_steps is not None:
+      _check_int(self, "eval_steps", 1)
+    _check_float(self, "learning_rate", 0.0, 10.0)
+    if self.learning_rate == 0.0:
+      raise ConfigError("learning_rate must be > 0")
+    _check_int(self, "shuffle_buffer", 1)
+    _check_int(self, "steps_per_epoch", 1)
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    return _from_dict(cls, values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def replace(self, **changes: Any) -> "TrainConfig":
+    return self.from_dict({**self.to_dict(), **changes})
+
+
+def split_flat_config(
+    values: Optional[Mapping[str, Any]],
+) -> tuple[ModelConfig, TrainConfig]:
+  """One flat dict (e.g. TFX `custom_config`) -> (ModelConfig, TrainConfig).
+
+  Each key goes to the config that has a field of that name; a key neither
+  has is refused, so no setting is silently ignored.
+  """
+  values = dict(values or {})
+  model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+  unknown = sorted(set(values) - model_fields - train_fields)
+  if unknown:
+    raise ConfigError(
+        f"unknown setting(s) {unknown}; known: {sorted(model_fields | train_fields)}"
+    )
+  model_values = {k: v for k, v in values.items() if k in model_fields}
+  train_values = {k: v for k, v in values.items() if k in train_fields}
+  return ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
