@@ -106,11 +106,15 @@ def run(config, output_dir: str, beam_args: Sequence[str]) -> dict[str, Any]:
       [output_dir, *config.input_patterns, *config.behavior_patterns]
   )
   options = PipelineOptions(list(beam_args))
-  with beam.Pipeline(options=options) as pipeline:
-    outputs = ingestion.expand_ingestion(pipeline, config)
-    ingestion.write_examples(outputs, output_dir)
-    ingestion.write_side_outputs(outputs, output_dir)
-  return ingestion.read_summary(output_dir)
+  pipeline = beam.Pipeline(options=options)
+  outputs = ingestion.expand_ingestion(pipeline, config)
+  ingestion.write_examples(outputs, output_dir)
+  ingestion.write_side_outputs(outputs, output_dir)
+  result = pipeline.run()
+  result.wait_until_finish()
+  summary = ingestion.read_summary(output_dir)
+  ingestion.check_metrics(result, summary)
+  return summary
 
 
 def _default_movies(input_globs: Sequence[str]) -> list[str]:

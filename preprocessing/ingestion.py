@@ -30,6 +30,7 @@ import json
 import posixpath
 from typing import Any, Mapping, Optional, Sequence
 
+from absl import logging
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
@@ -214,7 +215,7 @@ class _ParseRows(beam.DoFn):
       yield beam.pvalue.TaggedOutput(self.REJECTS, result)
     else:
       # The raw line travels along only where a later step may reject it.
-      if self._kind is raw_logs.MOVIELENS_RATING_ROWS:
+      if self._kind.name == raw_logs.MOVIELENS_RATING_ROWS.name:
         yield result, raw, source
       else:
         yield result
@@ -466,6 +467,56 @@ def read_summary(output_dir: str) -> dict[str, Any]:
     summary = json.loads(handle.read().decode("utf-8"))
   check_summary(summary)
   return summary
+
+
+def counters(result) -> dict[str, int]:
+  """Committed Beam counters of the ingestion namespace ({} if unsupported)."""
+  from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=g-import-not-at-top
+
+  try:
+    queried = result.metrics().query(
+        MetricsFilter().with_namespace(_METRICS_NAMESPACE)
+    )
+  except (NotImplementedError, AttributeError):
+    return {}
+  totals: dict[str, int] = {}
+  for counter in queried["counters"]:
+    name = counter.key.metric.name
+    value = counter.committed if counter.committed is not None else counter.attempted
+    totals[name] = totals.get(name, 0) + (value or 0)
+  return totals
+
+
+def check_metrics(result, summary: Mapping[str, Any]) -> None:
+  """Cross-checks the summary against the Beam counters where the runner has them.
+
+  The DirectRunner reports counters in multi_processing mode too (checked by
+  tests/test_build_examples.py); a runner without metrics only gets a log line.
+  """
+  totals = counters(result)
+  if not totals:
+    logging.warning("runner reported no Beam counters; summary.json only")
+    return
+  from_counters = {
+      ROWS_READ: sum(v for k, v in totals.items() if k.startswith(ROWS_READ + "_")),
+      "parse_rejects": sum(
+          v for k, v in totals.items() if k.startswith(ROWS_REJECTED + "_")
+      ),
+      "examples_train": totals.get("examples_train", 0),
+      "examples_eval": totals.get("examples_eval", 0),
+  }
+  from_summary = {
+      ROWS_READ: summary[ROWS_READ],
+      # The MovieLens movie lookup rejects after parsing; counters see parsing.
+      "parse_rejects": summary[ROWS_REJECTED]
+      - summary["rejected_by_reason"][raw_logs.UNKNOWN_ITEM],
+      "examples_train": summary["examples_train"],
+      "examples_eval": summary["examples_eval"],
+  }
+  if from_counters != from_summary:
+    raise SummaryMismatchError(
+        f"Beam counters {from_counters} disagree with summary.json {from_summary}"
+    )
 
 
 def check_summary(summary: Mapping[str, Any]) -> None:

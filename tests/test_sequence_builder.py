@@ -143,8 +143,8 @@ def test_hand_counted_histories_with_ties(tmp_path):
   assert stats["impressions"] == 7
 
 
-@pytest.mark.parametrize("chunk_seconds", [DAY, 6, 1])
-@pytest.mark.parametrize("max_seq_len,min_history", [(3, 0), (1, 1), (20, 2)])
+@pytest.mark.parametrize("chunk_seconds,max_seq_len,min_history", [
+    (DAY, 3, 0), (6, 3, 0), (1, 3, 0), (1, 1, 1), (6, 20, 2)])
 def test_tie_log_matches_brute_force(tmp_path, chunk_seconds, max_seq_len, min_history):
   config = SequenceConfig(
       max_seq_len=max_seq_len, min_history=min_history,
