@@ -356,13 +356,28 @@ def expand_ingestion(
       rejects.append(read_impressions.rejects)
     else:
       pv = features.BEHAVIOR_TYPES.index("pv")
-      positives = (
-          behaviors
-          | "PageViews" >> beam.Filter(lambda b: b.behavior_type == pv)
-          | "AsPositives" >> beam.Map(
-              lambda b: raw_logs.Impression(
-                  b.user_id, b.item_id, b.category_id, b.timestamp, 1
-              )
+      start = config.impression_start_timestamp
+      end = config.impression_end_timestamp
+      # Page views outside the impression window are only history: skip
+      # sampling for them (BuildExamples would drop them anyway).
+      in_window = (
+          lambda b: b.behavior_type == pv
+          and (start is None or b.timestamp >= start)
+          and (end is None or b.timestamp < end)
+      )
+      split_pv = behaviors | "PageViewsInWindow" >> beam.Partition(
+          lambda b, _: 0 if in_window(b) else 1 + (b.behavior_type != pv), 3
+      )
+      positives = split_pv[0] | "AsPositives" >> beam.Map(
+          lambda b: raw_logs.Impression(
+              b.user_id, b.item_id, b.category_id, b.timestamp, 1
+          )
+      )
+      stats.append(
+          split_pv[1]
+          | "CountOutsideWindow" >> beam.combiners.Count.Globally()
+          | "OutsideStat" >> beam.Map(
+              lambda n: (sequence_builder.STAT_IMPRESSIONS_OUTSIDE_WINDOW, n)
           )
       )
       sampled = {"positives": positives, "behaviors": behaviors} | (
