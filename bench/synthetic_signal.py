@@ -15,7 +15,7 @@ models on the train days and scores the eval day(s):
 Prints a table and saves bench/results/synthetic_signal.md and .json.
 
 Usage:
-  python bench/synthetic_signal.py [--data_dir=DIR | --users=2000 --seed=0]
+  python bench/synthetic_signal.py [--data_dir=DIR | --users=2000 --seeds=0,1,2]
 """
 
 from __future__ import annotations

@@ -69,8 +69,7 @@ class SyntheticConfig:
     categories: number of categories (>= 1, <= clusters).
     clusters: latent item clusters; each belongs to one category.
     days: days of behaviour logs, ending on `end_date` (inclusive).
-    impression_days: the last days that also have impressions (< days is not
-      required; <= days).
+    impression_days: the last days that also have impressions (<= days).
     eval_days: the last impression days that form the eval split
       (< impression_days, so that there is a train split).
     end_date: last day, 'YYYY-MM-DD' (UTC).
