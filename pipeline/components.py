@@ -10,7 +10,6 @@
 No `from __future__ import annotations` here: TFX parses these annotations.
 """
 
-import json
 import os
 
 from tfx import v1 as tfx
@@ -59,15 +58,12 @@ def DataGate(  # pylint: disable=invalid-name
         "input data failed validation, the run stops before training:\n  "
         + "\n  ".join(problems)
     )
+  # Only the schema file: Transform refuses a schema directory holding more.
   for name in tf.io.gfile.listdir(schema.uri):
     tf.io.gfile.copy(
         os.path.join(schema.uri, name), os.path.join(validated_schema.uri, name),
         overwrite=True,
     )
-  with tf.io.gfile.GFile(
-      os.path.join(validated_schema.uri, data_gate.GATE_REPORT_FILE), "w"
-  ) as f:
-    f.write(json.dumps({"splits": splits, "problems": []}))
 
 
 @tfx.dsl.components.component

@@ -41,7 +41,7 @@ STAMPED_MODEL_DIR = "stamped_model"  # tfx.utils.path_constants.STAMPED_MODEL_DI
 REPORT_FILE = "infra_validation.json"
 BLESSED_KEY = "blessed"
 HAS_MODEL_KEY = "has_model"
-INPUT_NAME = "examples"
+INPUT_NAME = features.SERVING_EXAMPLES_KEY
 # One request per this many examples, as TF Serving replays them one by one.
 REQUEST_BATCH_SIZE = 8
 
@@ -109,7 +109,7 @@ def write_warmup_requests(
 
 
 def run_isolated_check(
-    model_dir: str, warmup_file: str, output_key: str = "probabilities",
+    model_dir: str, warmup_file: str, output_key: str = features.PROBABILITIES_KEY,
     timeout_seconds: int = 300,
 ) -> dict:
   """Runs infra_check.py in a fresh isolated Python; returns its JSON report."""
@@ -141,7 +141,7 @@ def validate(
     model_dir: str,
     serialized_examples: Sequence[bytes],
     output_dir: str,
-    output_key: str = "probabilities",
+    output_key: str = features.PROBABILITIES_KEY,
     timeout_seconds: int = 300,
 ) -> InfraValidationResult:
   """Copies the model under `output_dir/stamped_model`, adds warm-up requests,

@@ -91,10 +91,15 @@ def load_schema(path: str):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output", None, "Where to write the schema (pbtxt).")
-flags.DEFINE_integer(
-    "max_seq_len", features.DEFAULT_MAX_SEQ_LEN, "History length bound."
-)
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program: the runners import this module and
+  # have a --max_seq_len flag of their own.
+  flags.DEFINE_string("output", None, "Where to write the schema (pbtxt).")
+  flags.DEFINE_integer(
+      "max_seq_len", features.DEFAULT_MAX_SEQ_LEN, "History length bound."
+  )
 
 
 def main(argv):
@@ -110,4 +115,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

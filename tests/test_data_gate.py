@@ -65,3 +65,4 @@ def test_rejected_rows_stop_the_run(summary, fraction, message):
   assert len(problems) == 1
   assert __import__("re").search(message, problems[0]), problems
   assert data_gate.describe_rejects({"rows_read": 1000, "rows_rejected": 1}, 0.001) == []
+  assert data_gate.describe_rejects(None, 1.0) == []

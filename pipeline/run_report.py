@@ -1,0 +1,203 @@
+"""What a pipeline run did, read back from ML Metadata and the artifacts.
+
+Used by the local runner to print where the model was pushed (or why not)
+and its metrics against the baseline, and by the e2e tests. Everything comes
+from MLMD and the Evaluator's output; nothing is inferred.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+# MLMD context types TFX's portable orchestration writes.
+_PIPELINE_RUN_CONTEXT = "pipeline_run"
+_NODE_CONTEXT = "node"
+HEADLINE_METRICS = (
+    "auc", "gauc", "binary_cross_entropy", "calibration", "example_count",
+    "mean_label", "mean_prediction",
+)
+
+
+@dataclasses.dataclass
+class RunReport:
+  """One run. `states`: node id -> MLMD execution state name (COMPLETE,
+  CACHED, FAILED ...) for the nodes that ran; `metrics`: model name
+  ('candidate', 'baseline') -> overall-slice metric name -> value."""
+
+  run_id: str
+  states: dict[str, str]
+  pushed: bool = False
+  pushed_destination: str = ""
+  model_blessed: Optional[bool] = None
+  infra_blessed: Optional[bool] = None
+  metrics: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+  validation_failures: list[str] = dataclasses.field(default_factory=list)
+  infra_reasons: list[str] = dataclasses.field(default_factory=list)
+
+  def why_not_pushed(self) -> str:
+    if self.pushed:
+      return ""
+    failed = [n for n, s in self.states.items() if s == "FAILED"]
+    if failed:
+      return f"the run failed at {', '.join(failed)}"
+    if self.model_blessed is False:
+      return "the Evaluator did not bless the model: " + (
+          "; ".join(self.validation_failures) or "thresholds not met"
+      )
+    if self.infra_blessed is False:
+      return "offline infra validation failed: " + "; ".join(self.infra_reasons)
+    if "Pusher" not in self.states:
+      return "the run stopped before the Pusher"
+    return "the Pusher did not push"
+
+  def format(self) -> str:
+    lines = [f"run {self.run_id}"]
+    lines.append("  " + ", ".join(f"{n}={s}" for n, s in self.states.items()))
+    if self.pushed:
+      lines.append(f"PUSHED to {self.pushed_destination}")
+    else:
+      lines.append(f"NOT PUSHED: {self.why_not_pushed()}")
+    if self.metrics:
+      names = [m for m in HEADLINE_METRICS if any(m in v for v in self.metrics.values())]
+      models = sorted(self.metrics, key=lambda m: (m != "candidate", m))
+      lines.append("  metric                 " + "".join(f"{m:>14}" for m in models))
+      for name in names:
+        cells = "".join(
+            f"{self.metrics[m][name]:>14.4f}" if name in self.metrics[m] else f"{'-':>14}"
+            for m in models
+        )
+        lines.append(f"  {name:<22} {cells}")
+    return "\n".join(lines)
+
+
+def connect(metadata_path: str):
+  from ml_metadata import metadata_store  # pylint: disable=g-import-not-at-top
+  from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = metadata_path
+  config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+  return metadata_store.MetadataStore(config)
+
+
+def run_ids(store) -> list[str]:
+  """Run ids, oldest first."""
+  contexts = store.get_contexts_by_type(_PIPELINE_RUN_CONTEXT)
+  return [c.name for c in sorted(contexts, key=lambda c: (c.create_time_since_epoch, c.id))]
+
+
+def _state_name(execution) -> str:
+  from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+
+  return metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+
+
+def node_executions(store, pipeline_name: str, run_id: str) -> dict[str, Any]:
+  """node id -> its execution in the run (the latest if it ran twice)."""
+  run = store.get_context_by_type_and_name(_PIPELINE_RUN_CONTEXT, run_id)
+  if run is None:
+    raise ValueError(f"no run {run_id!r} in ML Metadata")
+  in_run = {e.id: e for e in store.get_executions_by_context(run.id)}
+  result = {}
+  prefix = f"{pipeline_name}."
+  for context in store.get_contexts_by_type(_NODE_CONTEXT):
+    if not context.name.startswith(prefix):
+      continue
+    node_id = context.name[len(prefix):]
+    mine = [
+        in_run[e.id] for e in store.get_executions_by_context(context.id)
+        if e.id in in_run
+    ]
+    if mine:
+      result[node_id] = max(mine, key=lambda e: (e.create_time_since_epoch, e.id))
+  return result
+
+
+def output_artifacts(store, execution) -> dict[str, list[Any]]:
+  """output key -> artifacts of an execution."""
+  from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+
+  keys: dict[int, str] = {}
+  for event in store.get_events_by_execution_ids([execution.id]):
+    if event.type == metadata_store_pb2.Event.OUTPUT:
+      key = next((s.key for s in event.path.steps if s.HasField("key")), "")
+      keys[event.artifact_id] = key
+  result: dict[str, list[Any]] = {}
+  for artifact in store.get_artifacts_by_id(list(keys)):
+    result.setdefault(keys[artifact.id], []).append(artifact)
+  return result
+
+
+def _int_property(artifact, name: str) -> Optional[int]:
+  if name in artifact.custom_properties:
+    return artifact.custom_properties[name].int_value
+  return None
+
+
+def overall_metrics(evaluation_uri: str) -> dict[str, dict[str, float]]:
+  """model name -> metric -> value, overall slice, no diffs, from TFMA output."""
+  import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+
+  result: dict[str, dict[str, float]] = {}
+  for metrics_for_slice in tfma.load_metrics(evaluation_uri):
+    if metrics_for_slice.slice_key.single_slice_keys:
+      continue
+    for entry in metrics_for_slice.metric_keys_and_values:
+      if entry.key.HasField("is_diff") and entry.key.is_diff:
+        continue
+      if entry.value.HasField("double_value"):
+        model = entry.key.model_name or "candidate"
+        result.setdefault(model, {})[entry.key.name] = entry.value.double_value.value
+  return result
+
+
+def validation_failures(evaluation_uri: str) -> list[str]:
+  import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+
+  result = tfma.load_validation_result(evaluation_uri)
+  failures = []
+  for per_slice in result.metric_validations_per_slice:
+    for failure in per_slice.failures:
+      failures.append(
+          f"{failure.metric_key.name}"
+          f"{' (change vs baseline)' if failure.metric_key.is_diff else ''}: "
+          f"{failure.metric_value.double_value.value:.4f} "
+          f"fails {failure.metric_threshold}".replace("\n", " ")
+      )
+  return failures
+
+
+def report(metadata_path: str, pipeline_name: str, run_id: Optional[str] = None) -> RunReport:
+  """Reads one run (default: the latest) back from MLMD."""
+  store = connect(metadata_path)
+  ids = run_ids(store)
+  if not ids:
+    raise ValueError(f"no pipeline run recorded in {metadata_path}")
+  run_id = run_id or ids[-1]
+  executions = node_executions(store, pipeline_name, run_id)
+  out = RunReport(run_id=run_id, states={n: _state_name(e) for n, e in sorted(
+      executions.items(), key=lambda item: item[1].create_time_since_epoch)})
+  if "Pusher" in executions:
+    pushed = output_artifacts(store, executions["Pusher"]).get("pushed_model", [])
+    if pushed:
+      out.pushed = _int_property(pushed[0], "pushed") == 1
+      if "pushed_destination" in pushed[0].custom_properties:
+        out.pushed_destination = pushed[0].custom_properties["pushed_destination"].string_value
+  if "Evaluator" in executions:
+    outputs = output_artifacts(store, executions["Evaluator"])
+    for blessing in outputs.get("blessing", []):
+      out.model_blessed = _int_property(blessing, "blessed") == 1
+    for evaluation in outputs.get("evaluation", []):
+      out.metrics = overall_metrics(evaluation.uri)
+      out.validation_failures = validation_failures(evaluation.uri)
+  if "OfflineInfraValidator" in executions:
+    for blessing in output_artifacts(store, executions["OfflineInfraValidator"]).get("blessing", []):
+      out.infra_blessed = _int_property(blessing, "blessed") == 1
+      path = os.path.join(blessing.uri, "infra_validation.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          out.infra_reasons = list(json.load(f).get("reasons", []))
+  return out
