@@ -80,7 +80,7 @@ class PipelineConfig:
   serving_model_dir: str
   pipeline_name: str = "eta-ctr"
   metadata_path: str = ""
-  input_format: str = "behavior"
+  input_format: str = "impressions"
   date: Optional[datetime.date] = None
   rolling_window_days: int = 7
   eval_days: int = 1

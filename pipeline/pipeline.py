@@ -124,19 +124,45 @@ def trainer_custom_config(config: configs.PipelineConfig) -> dict[str, Any]:
   }
 
 
-def _example_gen(config: configs.PipelineConfig):
-  from preprocessing import example_gen  # pylint: disable=g-import-not-at-top
+# Raw log layout under data_root, per input format (daily files for spans).
+DAILY_PATTERN = "{YYYY}{MM}{DD}.csv"
+INPUT_PATTERNS: dict[str, dict[str, str]] = {
+    "impressions": {
+        "input_pattern": "impressions/" + DAILY_PATTERN,
+        "behavior_pattern": "behaviors/" + DAILY_PATTERN,
+    },
+    "behavior": {"input_pattern": "behaviors/" + DAILY_PATTERN},
+    # MovieLens has no daily files: one span holding every rating.
+    "movielens": {"input_pattern": "ratings.csv", "movies_pattern": "movies.csv"},
+}
 
-  return example_gen.create_example_gen(
-      input_base=config.data_root,
+
+def _example_gen(config: configs.PipelineConfig):
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+
+  from preprocessing import example_gen  # pylint: disable=g-import-not-at-top
+  from preprocessing import spans  # pylint: disable=g-import-not-at-top
+
+  settings = spans.ExampleGenSettings(
       input_format=config.input_format,
-      span_date=config.date,
       window_days=config.rolling_window_days,
       eval_days=config.eval_days,
       max_seq_len=config.max_seq_len,
       neg_per_pos=config.neg_per_pos,
       min_history=config.min_history,
       seed=config.seed,
+      **INPUT_PATTERNS[config.input_format],
+  )
+  range_config = None
+  if config.date is not None:
+    span = configs.span_of_date(config.date)
+    range_config = tfx.proto.RangeConfig(
+        static_range=tfx.proto.StaticRange(
+            start_span_number=span, end_span_number=span
+        )
+    )
+  return example_gen.create_example_gen(
+      input_base=config.data_root, settings=settings, range_config=range_config
   ).with_id(EXAMPLE_GEN)
 
 
