@@ -1,0 +1,80 @@
+"""SavedModel export: serving signatures over serialized tf.Example.
+
+Two flavours, the same model:
+  * `export_standalone`: the signature parses RAW examples and applies
+    `preprocessing.transforms.transform_features` inside the graph (the
+    standalone trainer; no Transform graph exists).
+  * `export_with_transform`: the signature applies TFX Transform's layer
+    (`tf_transform_output.transform_features_layer()`, attached to the model
+    as `model.tft_layer` so its tables are saved) and adds the
+    `transform_features` signature TFMA uses.
+Both give `serving_default`: examples (string [B]) -> {"probabilities":
+float32 [B]}. The model is exported with XLA off (TF Serving disables XLA JIT
+by default) and the SavedModel needs none of our Python code to load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from preprocessing import features
+from trainer import input as input_lib
+
+SERVING_INPUT = "examples"
+PROBABILITIES = "probabilities"
+
+
+def _examples_spec() -> tf.TensorSpec:
+  return tf.TensorSpec([None], tf.string, name=SERVING_INPUT)
+
+
+def standalone_signatures(model: Any, max_seq_len: int) -> dict[str, Any]:
+  """serving_default over raw serialized examples, transform inside."""
+
+  @tf.function(input_signature=[_examples_spec()])
+  def serve(examples):
+    transformed = input_lib.parse_and_transform(examples, max_seq_len, include_label=False)
+    return {PROBABILITIES: tf.sigmoid(model(transformed, training=False))}
+
+  return {"serving_default": serve.get_concrete_function()}
+
+
+def transform_signatures(model: Any, tf_transform_output: Any) -> dict[str, Any]:
+  """serving_default and transform_features through the Transform layer."""
+  model.tft_layer = tf_transform_output.transform_features_layer()
+  raw_spec = tf_transform_output.raw_feature_spec()
+  serving_spec = {k: v for k, v in raw_spec.items() if k != features.LABEL_KEY}
+
+  @tf.function(input_signature=[_examples_spec()])
+  def serve(examples):
+    raw = tf.io.parse_example(examples, serving_spec)
+    transformed = model.tft_layer(raw)
+    return {PROBABILITIES: tf.sigmoid(model(transformed, training=False))}
+
+  @tf.function(input_signature=[_examples_spec()])
+  def transform_features(examples):
+    raw = tf.io.parse_example(examples, raw_spec)
+    return model.tft_layer(raw)
+
+  return {
+      "serving_default": serve.get_concrete_function(),
+      "transform_features": transform_features.get_concrete_function(),
+  }
+
+
+def export_standalone(model: Any, export_dir: str, max_seq_len: int) -> None:
+  """Writes the standalone trainer's SavedModel (raw examples in)."""
+  with model.xla_disabled():
+    tf.saved_model.save(
+        model, export_dir, signatures=standalone_signatures(model, max_seq_len)
+    )
+
+
+def export_with_transform(model: Any, export_dir: str, tf_transform_output: Any) -> None:
+  """Writes the TFX Trainer's SavedModel (Transform layer inside)."""
+  with model.xla_disabled():
+    tf.saved_model.save(
+        model, export_dir, signatures=transform_signatures(model, tf_transform_output)
+    )

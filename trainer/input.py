@@ -1,0 +1,147 @@
+"""Input pipelines of the trainer.
+
+Two sources, one set of features:
+  * `make_dataset`: the ingestion output (GZIP TFRecords of raw
+    `tf.train.Example`) -> `tf.io.parse_example` -> the shared
+    `preprocessing.transforms.transform_features`. Used by the standalone
+    trainer and the benchmarks.
+  * `make_transformed_dataset`: TFX Transform's output, already transformed,
+    read through `fn_args.data_accessor` with the transformed schema. Used by
+    `run_fn`.
+Both yield (features dict, label int64 [B]) batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import tensorflow as tf
+
+from preprocessing import features
+from preprocessing import transforms
+
+
+def raw_feature_spec(include_label: bool = True) -> dict[str, Any]:
+  """tf.io parsing spec of raw examples, from the feature registry.
+
+  Sequences parse to RaggedTensor; an absent optional sequence (behaviour
+  types) parses to empty rows, which `transform_features` treats as absent.
+  """
+  spec: dict[str, Any] = {}
+  for feature in features.ALL_FEATURES:
+    if feature is features.LABEL and not include_label:
+      continue
+    if feature.dtype != "int64":
+      raise ValueError(f"unexpected dtype {feature.dtype} of {feature.name}")
+    if feature.is_sequence:
+      spec[feature.name] = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
+    else:
+      spec[feature.name] = tf.io.FixedLenFeature([], tf.int64)
+  return spec
+
+
+def parse_and_transform(
+    serialized: tf.Tensor, max_seq_len: int, include_label: bool = True
+) -> dict[str, tf.Tensor]:
+  """Serialized raw tf.Examples [B] -> `transform_features` outputs."""
+  parsed = tf.io.parse_example(serialized, raw_feature_spec(include_label))
+  return transforms.transform_features(parsed, max_seq_len)
+
+
+def _split_label(batch: dict[str, tf.Tensor]):
+  batch = dict(batch)
+  label = batch.pop(features.LABEL_KEY)
+  return batch, tf.reshape(label, [-1])
+
+
+def list_files(file_pattern: str | list[str]) -> list[str]:
+  """Glob(s) -> sorted file list; a pattern matching nothing is an error."""
+  patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+  files = []
+  for pattern in patterns:
+    matched = sorted(tf.io.gfile.glob(pattern))
+    if not matched:
+      raise FileNotFoundError(f"no files match {pattern!r}")
+    files.extend(matched)
+  return files
+
+
+def make_dataset(
+    file_pattern: str | list[str],
+    batch_size: int,
+    max_seq_len: int,
+    training: bool,
+    shuffle_buffer: int = 10_000,
+    seed: Optional[int] = None,
+) -> tf.data.Dataset:
+  """Ingestion TFRecords -> batches of (transformed features, label).
+
+  Args:
+    file_pattern: glob(s) of `*.tfrecord.gz` (GZIP) or uncompressed files.
+    batch_size: examples per batch.
+    max_seq_len: static history length of the outputs.
+    training: shuffle (files and examples), repeat forever and drop the last
+      partial batch; otherwise read once in file order, keeping every example.
+    shuffle_buffer: examples in the shuffle buffer (training).
+    seed: shuffle seed (training).
+  """
+  files = list_files(file_pattern)
+  compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
+  if compression == "" and any(f.endswith(".gz") for f in files):
+    raise ValueError("file patterns mix GZIP (.gz) and uncompressed files")
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if training:
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+  dataset = dataset.interleave(
+      lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
+      cycle_length=min(4, len(files)),
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=not training,
+  )
+  if training:
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed).repeat()
+  dataset = dataset.batch(batch_size, drop_remainder=training)
+  dataset = dataset.map(
+      lambda serialized: _split_label(parse_and_transform(serialized, max_seq_len)),
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=not training,
+  )
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def make_transformed_dataset(
+    file_pattern: list[str],
+    data_accessor: Any,
+    tf_transform_output: Any,
+    batch_size: int,
+    training: bool,
+    seed: Optional[int] = None,
+) -> tf.data.Dataset:
+  """Transform's output through TFX's data accessor -> (features, label) batches.
+
+  Args:
+    file_pattern: `fn_args.train_files` or `fn_args.eval_files`.
+    data_accessor: `fn_args.data_accessor`.
+    tf_transform_output: a `tft.TFTransformOutput` of the Transform graph.
+    batch_size: examples per batch (global).
+    training: shuffle and repeat forever; otherwise one pass.
+    seed: shuffle seed.
+  """
+  from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
+
+  dataset = data_accessor.tf_dataset_factory(
+      file_pattern,
+      tfxio.TensorFlowDatasetOptions(
+          batch_size=batch_size,
+          label_key=features.LABEL_KEY,
+          shuffle=training,
+          shuffle_seed=seed,
+          num_epochs=None if training else 1,
+          drop_final_batch=training,
+      ),
+      tf_transform_output.transformed_metadata.schema,
+  )
+  return dataset.map(
+      lambda batch, label: (batch, tf.reshape(label, [-1])),
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
