@@ -22,8 +22,9 @@ import tensorflow as tf
 from preprocessing import features
 from trainer import input as input_lib
 
-SERVING_INPUT = "examples"
-PROBABILITIES = "probabilities"
+SERVING_INPUT = features.SERVING_EXAMPLES_KEY
+PROBABILITIES = features.PROBABILITIES_KEY
+TRANSFORM_FEATURES_SIGNATURE = "transform_features"
 
 
 def _examples_spec() -> tf.TensorSpec:
@@ -38,7 +39,7 @@ def standalone_signatures(model: Any, max_seq_len: int) -> dict[str, Any]:
     transformed = input_lib.parse_and_transform(examples, max_seq_len, include_label=False)
     return {PROBABILITIES: tf.sigmoid(model(transformed, training=False))}
 
-  return {"serving_default": serve.get_concrete_function()}
+  return {features.SERVING_DEFAULT_SIGNATURE: serve.get_concrete_function()}
 
 
 def transform_signatures(model: Any, tf_transform_output: Any) -> dict[str, Any]:
@@ -59,8 +60,8 @@ def transform_signatures(model: Any, tf_transform_output: Any) -> dict[str, Any]
     return model.tft_layer(raw)
 
   return {
-      "serving_default": serve.get_concrete_function(),
-      "transform_features": transform_features.get_concrete_function(),
+      features.SERVING_DEFAULT_SIGNATURE: serve.get_concrete_function(),
+      TRANSFORM_FEATURES_SIGNATURE: transform_features.get_concrete_function(),
   }
 
 

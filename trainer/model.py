@@ -467,3 +467,17 @@ def dummy_inputs(max_seq_len: int, batch_size: int = 2) -> dict[str, tf.Tensor]:
       name: tf.zeros([batch_size] + spec.shape.as_list()[1:], tf.int64)
       for name, spec in model_input_specs(max_seq_len).items()
   }
+
+
+def run_fn(fn_args: Any) -> None:
+  """TFX Trainer entry point (`Trainer(run_fn="trainer.model.run_fn")`).
+
+  Args:
+    fn_args: tfx.components.FnArgs: train/eval files, data_accessor,
+      transform_output, serving_model_dir, model_run_dir, base_model,
+      train_steps, eval_steps, custom_config (flat ModelConfig/TrainConfig
+      fields; unknown keys are refused).
+  """
+  from trainer import tfx_trainer  # pylint: disable=g-import-not-at-top
+
+  tfx_trainer.run(fn_args)

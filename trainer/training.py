@@ -162,28 +162,27 @@ def predict(
 def warm_start(model: model_lib.EtaModel, saved_model_dir: str) -> list[str]:
   """Loads, layer by layer and by name, the weights a previous export holds.
 
-  The exported SavedModel's checkpoint is keyed by the model's attribute
-  names (`item_embedding`, `long_attention`, ...). Layers missing there or
-  of another shape (a changed variant or size) keep their fresh weights; the
+  The exported SavedModel's checkpoint holds the model's object graph, in
+  which each layer is the root's child named by its attribute
+  (`item_embedding`, `long_attention`, ...); restoring a checkpoint rooted
+  at {name: layer} matches through that graph. Layers missing there or of
+  another shape (a changed variant or size) keep their fresh weights; the
   optimizer state is never loaded.
 
   Returns:
     names of the layers that were loaded.
   """
   checkpoint_path = os.path.join(saved_model_dir, "variables", "variables")
-  reader = tf.train.load_checkpoint(checkpoint_path)
-  saved_keys = set(reader.get_variable_to_shape_map())
   loaded = []
   for name, layer in _named_layers(model):
-    if not any(key.startswith(f"{name}/") for key in saved_keys):
-      logging.info("warm start: %s not in %s, left fresh", name, saved_model_dir)
-      continue
     try:
       status = tf.train.Checkpoint(**{name: layer}).read(checkpoint_path)
       status.expect_partial()
       status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
-      logging.warning("warm start: %s not loaded (%s)", name, str(error).splitlines()[0])
+      logging.warning(
+          "warm start: %s left fresh (%s)", name, str(error).splitlines()[0][:200]
+      )
       continue
     loaded.append(name)
   logging.info("warm start from %s: loaded %s", saved_model_dir, loaded)
