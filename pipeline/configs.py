@@ -30,6 +30,13 @@ DEFAULT_BEAM_ARGS: tuple[str, ...] = (
 DEFAULT_HISTORY_LENGTH_EDGES: tuple[int, ...] = (0, 1, 10, 100, 1000)
 
 
+# Trainer settings that PipelineConfig fields own (TrainArgs/EvalArgs or
+# custom_config entries the pipeline writes itself).
+_MANAGED_TRAINER_SETTINGS = frozenset(
+    {"model", "max_seq_len", "batch_size", "seed", "train_steps", "eval_steps"}
+)
+
+
 class ConfigError(ValueError):
   """A pipeline setting is missing, unknown or out of range."""
 
@@ -145,6 +152,12 @@ class PipelineConfig:
     _check_int(self, "eval_steps", 1)
     _check_int(self, "batch_size", 1)
     _check_int(self, "infra_validation_examples", 1)
+    managed = sorted(set(self.hyperparameters) & _MANAGED_TRAINER_SETTINGS)
+    if managed:
+      raise ConfigError(
+          f"hyperparameters must not set {managed}: they are pipeline "
+          "settings (the pipeline passes them to the Trainer)"
+      )
     if not isinstance(self.model, str) or not self.model:
       raise ConfigError("model must name a model variant")
     for name in ("warm_start", "enable_cache"):

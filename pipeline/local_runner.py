@@ -28,6 +28,8 @@ flags.DEFINE_string("pipeline_root", None, "Artifacts and the SQLite ML Metadata
 flags.DEFINE_string("serving_model_dir", None, "Base directory TF Serving watches.")
 flags.DEFINE_string("date", None, "Newest day to train on, YYYY-MM-DD (default: newest span).")
 flags.DEFINE_integer("train_steps", None, "Trainer steps.")
+flags.DEFINE_integer("eval_steps", None, "Trainer eval steps.")
+flags.DEFINE_integer("batch_size", None, "Training batch size.")
 flags.DEFINE_string("model", None, "Model variant (eta, din, avgpool, sim_hard, exact_topk, full_attention, sdim).")
 flags.DEFINE_integer("max_seq_len", None, "History length (must equal the schema's bound).")
 flags.DEFINE_integer("rolling_window_days", None, "Days of impressions per run.")
@@ -56,7 +58,8 @@ def config_from_flags() -> configs.PipelineConfig:
       "serving_model_dir": FLAGS.serving_model_dir,
   }
   optional = {
-      "date": FLAGS.date, "train_steps": FLAGS.train_steps, "model": FLAGS.model,
+      "date": FLAGS.date, "train_steps": FLAGS.train_steps,
+      "eval_steps": FLAGS.eval_steps, "batch_size": FLAGS.batch_size, "model": FLAGS.model,
       "max_seq_len": FLAGS.max_seq_len, "rolling_window_days": FLAGS.rolling_window_days,
       "input_format": FLAGS.input_format, "schema_path": FLAGS.schema_path,
       "pipeline_name": FLAGS.pipeline_name, "warm_start": FLAGS.warm_start,

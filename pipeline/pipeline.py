@@ -97,7 +97,17 @@ def eval_config(config: configs.PipelineConfig):
           tfma.MetricsSpec(
               metrics=[
                   tfma.MetricConfig(class_name="ExampleCount"),
-                  tfma.MetricConfig(class_name="AUC", threshold=auc_threshold),
+                  # Thresholds gate the overall slice only: small slices
+                  # are too noisy to block a push.
+                  tfma.MetricConfig(
+                      class_name="AUC",
+                      per_slice_thresholds=[
+                          tfma.PerSliceMetricThreshold(
+                              slicing_specs=[tfma.SlicingSpec()],
+                              threshold=auc_threshold,
+                          )
+                      ],
+                  ),
                   tfma.MetricConfig(class_name="BinaryCrossEntropy"),
                   tfma.MetricConfig(class_name="Calibration"),
                   tfma.MetricConfig(class_name="MeanLabel"),

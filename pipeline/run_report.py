@@ -16,7 +16,7 @@ from typing import Any, Optional
 _PIPELINE_RUN_CONTEXT = "pipeline_run"
 _NODE_CONTEXT = "node"
 HEADLINE_METRICS = (
-    "auc", "gauc", "binary_cross_entropy", "calibration", "example_count",
+    "auc", "gauc", "binary_crossentropy", "calibration", "example_count",
     "mean_label", "mean_prediction",
 )
 
@@ -146,7 +146,7 @@ def overall_metrics(evaluation_uri: str) -> dict[str, dict[str, float]]:
     if metrics_for_slice.slice_key.single_slice_keys:
       continue
     for entry in metrics_for_slice.metric_keys_and_values:
-      if entry.key.HasField("is_diff") and entry.key.is_diff:
+      if entry.key.is_diff:
         continue
       if entry.value.HasField("double_value"):
         model = entry.key.model_name or "candidate"
@@ -157,15 +157,20 @@ def overall_metrics(evaluation_uri: str) -> dict[str, dict[str, float]]:
 def validation_failures(evaluation_uri: str) -> list[str]:
   import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
 
+  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+
   result = tfma.load_validation_result(evaluation_uri)
   failures = []
   for per_slice in result.metric_validations_per_slice:
+    where = tfma.slicer.stringify_slice_key(
+        tfma.slicer.deserialize_slice_key(per_slice.slice_key)
+    )
     for failure in per_slice.failures:
+      kind = "change vs baseline" if failure.metric_key.is_diff else "value"
       failures.append(
-          f"{failure.metric_key.name}"
-          f"{' (change vs baseline)' if failure.metric_key.is_diff else ''}: "
-          f"{failure.metric_value.double_value.value:.4f} "
-          f"fails {failure.metric_threshold}".replace("\n", " ")
+          f"{failure.metric_key.name} ({kind}, {where}) = "
+          f"{failure.metric_value.double_value.value:.4f} fails "
+          + text_format.MessageToString(failure.metric_threshold, as_one_line=True)
       )
   return failures
 

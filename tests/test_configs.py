@@ -57,6 +57,7 @@ def test_from_dict_round_trips_and_parses_dates():
         ({"date": "2024-13-01"}, "YYYY-MM-DD"),
         ({"data_root": ""}, "data_root"),
         ({"model": ""}, "model"),
+        ({"hyperparameters": {"train_steps": 5}}, r"must not set \['train_steps'\]"),
     ],
 )
 def test_bad_settings_are_refused(changes, message):

@@ -70,11 +70,11 @@ def _flags(ws, **extra):
       "data_root": ws["data"], "pipeline_root": ws["pipeline_root"],
       "serving_model_dir": ws["serving"], "date": DATE, "max_seq_len": MAX_SEQ_LEN,
       "schema_path": ws["schema"], "rolling_window_days": 4, "train_steps": 300,
-      "model": "eta",
+      "model": "eta", "eval_steps": 4, "batch_size": 64,
   }
   values.update(extra)
   args = [f"--{k}={v}" for k, v in values.items()]
-  return args + ["--hparam=top_k=16", "--hparam=eval_steps=4", "--hparam=batch_size=64"]
+  return args + ["--hparam=top_k=16"]
 
 
 def _run_cli(args, timeout=600):
@@ -211,6 +211,11 @@ def test_worse_model_is_not_pushed(workspace, first_run):
   assert report.metrics["candidate"]["auc"] < report.metrics["baseline"]["auc"]
   assert "NOT PUSHED: the Evaluator did not bless the model" in done.stdout
   assert _versions(workspace["serving"]) == before
+  # Three runs of one date made one span of examples (idempotent reruns).
+  store = run_report.connect(os.path.join(workspace["pipeline_root"], "metadata.sqlite"))
+  examples = store.get_artifacts_by_type("Examples")
+  assert len(examples) == 1
+  assert examples[0].properties["span"].int_value == configs.span_of_date(configs.parse_date(DATE))
 
 
 def test_corrupt_input_stops_before_training(tmp_path):
