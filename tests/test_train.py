@@ -107,3 +107,73 @@ def test_cli_refuses_unknown_hparams(tmp_path):
   assert result.returncode != 0
   assert "topk" in result.stderr
   assert not (tmp_path / "metrics.json").exists()
+
+
+def _free_ports(count):
+  import socket
+
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def _start_workers(tmp_path, output_dir, ports, attempt):
+  cluster = {"worker": [f"localhost:{port}" for port in ports]}
+  workers = []
+  for index in range(len(ports)):
+    env = dict(
+        os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(REPO),
+        TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+    )
+    log = open(tmp_path / f"worker{index}-{attempt}.log", "w")
+    workers.append((subprocess.Popen(
+        [
+            sys.executable, "-m", "trainer.train",
+            f"--train_files={tmp_path}/train/*.tfrecord.gz",
+            f"--eval_files={tmp_path}/eval/*.tfrecord.gz",
+            "--model=din", "--max_seq_len=64", "--train_steps=60", "--batch_size=32",
+            "--steps_per_epoch=5", f"--output_dir={output_dir}",
+            '--hparams={"embedding_dim": 8, "mlp_units": [8], "din_hidden_units": [8]}',
+        ],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
+    ), tmp_path / f"worker{index}-{attempt}.log"))
+  return workers
+
+
+@pytest.mark.e2e
+def test_two_workers_train_and_a_killed_run_resumes_from_the_backup(tmp_path):
+  """MultiWorkerMirroredStrategy on two loopback ports, killed, restarted."""
+  import time
+
+  write_split(tmp_path)
+  output_dir = tmp_path / "out"
+  ports = _free_ports(2)
+  workers = _start_workers(tmp_path, output_dir, ports, attempt=0)
+  try:
+    deadline = time.time() + 300
+    while "step 15/60" not in workers[0][1].read_text():
+      assert time.time() < deadline, workers[0][1].read_text()[-3000:]
+      assert workers[0][0].poll() is None, workers[0][1].read_text()[-3000:]
+      time.sleep(0.5)
+    time.sleep(1.0)  # let BackupAndRestore finish the epoch-end save
+    workers[1][0].kill()  # preempted worker; the job is restarted as a whole
+    workers[0][0].kill()
+  finally:
+    for process, _ in workers:
+      process.wait(timeout=60)
+  assert not (output_dir / "metrics.json").exists()
+
+  restarted = _start_workers(tmp_path, output_dir, ports, attempt=1)
+  for process, log in restarted:
+    assert process.wait(timeout=400) == 0, log.read_text()[-3000:]
+  for _, log in restarted:
+    assert "resuming from the backup at epoch" in log.read_text()
+  written = json.loads((output_dir / "metrics.json").read_text())
+  assert written["resumed_from_epoch"] >= 3  # at least 15 of 60 steps were kept
+  assert written["train_steps_run"] == 60 - 5 * written["resumed_from_epoch"]
+  assert (output_dir / "saved_model" / "saved_model.pb").exists()

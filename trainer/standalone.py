@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, Sequence
 
 import tensorflow as tf
@@ -17,6 +18,7 @@ from trainer import training
 
 METRICS_FILE = "metrics.json"
 SAVED_MODEL_DIR = "saved_model"
+BACKUP_DIR = "backup"
 
 
 def train_and_evaluate(
@@ -34,7 +36,9 @@ def train_and_evaluate(
     the metrics.json content: auc, gauc, gauc_users, logloss,
     mean_prediction, mean_label, calibration, examples (eval),
     examples_per_sec_train, examples_per_sec_eval, train_seconds,
-    train_steps_run, model_config, train_config.
+    train_steps_run, resumed_from_epoch, model_config, train_config.
+    Under MultiWorkerMirroredStrategy (TF_CONFIG) only the chief writes
+    metrics.json and the SavedModel; every worker returns the metrics.
   """
   tf.io.gfile.makedirs(output_dir)
   strategy = training.choose_strategy()
@@ -48,7 +52,11 @@ def train_and_evaluate(
   )
   progress = training.fit(
       model, train_dataset, train_config,
-      callbacks=[tf.keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"))],
+      callbacks=[
+          tf.keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")),
+          # A restarted worker (same output_dir) resumes at the last epoch end.
+          tf.keras.callbacks.BackupAndRestore(os.path.join(output_dir, BACKUP_DIR)),
+      ],
   )
   eval_dataset = input_lib.make_dataset(
       eval_files, eval_batch_size, model_config.max_seq_len, training=False
@@ -64,13 +72,20 @@ def train_and_evaluate(
       ),
       "train_seconds": progress.train_seconds,
       "train_steps_run": progress.steps,
+      "resumed_from_epoch": progress.first_epoch,
       "model_config": model_config.to_dict(),
       "train_config": train_config.to_dict(),
   })
+  chief = training.is_chief(strategy)
   if export_model:
-    export.export_standalone(
-        model, os.path.join(output_dir, SAVED_MODEL_DIR), model_config.max_seq_len
+    # Every worker saves (saving may run collectives); only the chief's stays.
+    export_dir = (
+        os.path.join(output_dir, SAVED_MODEL_DIR) if chief else tempfile.mkdtemp()
     )
-  with tf.io.gfile.GFile(os.path.join(output_dir, METRICS_FILE), "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
+    export.export_standalone(model, export_dir, model_config.max_seq_len)
+    if not chief:
+      tf.io.gfile.rmtree(export_dir)
+  if chief:
+    with tf.io.gfile.GFile(os.path.join(output_dir, METRICS_FILE), "w") as f:
+      json.dump(result, f, indent=2, sort_keys=True)
   return result

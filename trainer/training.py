@@ -73,12 +73,19 @@ class ProgressLogger(tf.keras.callbacks.Callback):
     self.total_steps = total_steps
     self.warmup_steps = warmup_steps
     self.steps = 0
+    self.first_epoch: Optional[int] = None
     self._start = 0.0
     self._warm_time: Optional[float] = None
     self.train_seconds = 0.0
 
   def on_train_begin(self, logs=None):
     self._start = time.perf_counter()
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if self.first_epoch is None:
+      self.first_epoch = epoch
+      if epoch > 0:
+        logging.info("resuming from the backup at epoch %d", epoch)
 
   def on_train_batch_end(self, batch, logs=None):
     self.steps += 1
@@ -87,8 +94,10 @@ class ProgressLogger(tf.keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     elapsed = time.perf_counter() - self._start
-    shown = {k: round(float(v), 4) for k, v in (logs or {}).items()
-             if k in ("loss", "auc")}
+    # Keras' streaming AUC is only meaningful on one replica (with several,
+    # its per-replica state gives values outside [0, 1]).
+    names = ("loss", "auc") if self.model.distribute_strategy.num_replicas_in_sync == 1 else ("loss",)
+    shown = {k: round(float(v), 4) for k, v in (logs or {}).items() if k in names}
     logging.info(
         "step %d/%d  %s  %.0f examples/s", self.steps, self.total_steps, shown,
         self.steps * self.batch_size / max(elapsed, 1e-9),
