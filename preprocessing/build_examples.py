@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -75,48 +75,6 @@ _MAX_TIMESTAMP = flags.DEFINE_integer(
     "Latest valid timestamp (Unix seconds); default: one day after now.",
 )
 
-DEFAULT_LOCAL_BEAM_ARGS: tuple[str, ...] = (
-    "--direct_running_mode=multi_processing",
-    "--direct_num_workers=2",
-)
-
-
-def beam_args_with_defaults(beam_args: Sequence[str]) -> list[str]:
-  """Adds the local multi-process DirectRunner args unless a runner is given."""
-  args = list(beam_args)
-  if not any(a == "--runner" or a.startswith("--runner=") for a in args):
-    args += DEFAULT_LOCAL_BEAM_ARGS
-  return args
-
-
-def run(config, output_dir: str, beam_args: Sequence[str]) -> dict[str, Any]:
-  """Runs the ingestion job and returns the checked summary.
-
-  Args:
-    config: an ingestion.IngestionConfig.
-    output_dir: where train/, eval/, rejected/ and summary.json go.
-    beam_args: PipelineOptions arguments (runner and its settings).
-  """
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
-
-  from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
-
-  ingestion.register_tf_filesystems(
-      [output_dir, *config.input_patterns, *config.behavior_patterns]
-  )
-  options = PipelineOptions(list(beam_args))
-  pipeline = beam.Pipeline(options=options)
-  outputs = ingestion.expand_ingestion(pipeline, config)
-  ingestion.write_examples(outputs, output_dir)
-  ingestion.write_side_outputs(outputs, output_dir)
-  result = pipeline.run()
-  result.wait_until_finish()
-  summary = ingestion.read_summary(output_dir)
-  ingestion.check_metrics(result, summary)
-  return summary
-
-
 def _default_movies(input_globs: Sequence[str]) -> list[str]:
   return [posixpath.join(posixpath.dirname(input_globs[0]), "movies.csv")]
 
@@ -145,9 +103,9 @@ def main(argv: Sequence[str]) -> None:
       seed=_SEED.value,
       max_timestamp=_MAX_TIMESTAMP.value,
   )
-  beam_args = beam_args_with_defaults(argv[1:])
+  beam_args = ingestion.beam_args_with_defaults(argv[1:])
   logging.info("Beam args: %s", beam_args)
-  summary = run(config, _OUTPUT_DIR.value, beam_args)
+  summary = ingestion.run(config, _OUTPUT_DIR.value, beam_args)
   print(json.dumps(summary, indent=2, sort_keys=True))
 
 

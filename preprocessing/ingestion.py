@@ -5,7 +5,7 @@ executor (`preprocessing.example_gen`): `IngestionConfig` says what to read
 and how to build; `expand_ingestion` adds the whole job to a Beam pipeline and
 returns the train/eval example PCollections; `write_side_outputs` writes the
 dead letters and `summary.json`; `read_summary` reads it back and checks that
-every row read is accounted for.
+every row read is accounted for; `run` does all of it as one job.
 
 Counting. The summary is computed inside the pipeline from PCollections
 (counts combined per name), not from Beam metrics, so it is the same on every
@@ -48,6 +48,12 @@ ROWS_REJECTED = "rows_rejected"
 HEADER_LINES = "header_lines"
 _REJECT_PREFIX = "rejected:"
 _METRICS_NAMESPACE = "eta_ingestion"
+
+
+DEFAULT_LOCAL_BEAM_ARGS: tuple[str, ...] = (
+    "--direct_running_mode=multi_processing",
+    "--direct_num_workers=2",
+)
 
 
 class SummaryMismatchError(AssertionError):
@@ -132,7 +138,7 @@ class IngestionConfig:
     # Validates the ranges and types the transforms will see.
     self.timestamp_bounds()
     self.sequence_config()
-    sequence_builder.SampleNegatives(self.neg_per_pos, self.seed)
+    sequence_builder.check_sampling_settings(self.neg_per_pos, self.seed)
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "IngestionConfig":
@@ -540,3 +546,42 @@ def check_summary(summary: Mapping[str, Any]) -> None:
         f"rows_read={summary[ROWS_READ]} != rows_valid={summary[ROWS_VALID]} "
         f"+ rows_rejected={summary[ROWS_REJECTED]}"
     )
+
+
+def beam_args_with_defaults(beam_args: Sequence[str]) -> list[str]:
+  """Adds the local multi-process DirectRunner args unless a runner is given."""
+  args = list(beam_args)
+  if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+    args += DEFAULT_LOCAL_BEAM_ARGS
+  return args
+
+
+def run(
+    config: IngestionConfig, output_dir: str, beam_args: Sequence[str]
+) -> dict[str, Any]:
+  """Runs the ingestion job to `output_dir` and returns the checked summary.
+
+  Writes train/ and eval/ TFRecords, rejected/ and summary.json; raises
+  SummaryMismatchError when a row is unaccounted for or the Beam counters
+  disagree with the summary.
+
+  Args:
+    config: what to read and how to build.
+    output_dir: local path or any Beam file system URL.
+    beam_args: PipelineOptions arguments (runner and its settings), used as
+      given (see beam_args_with_defaults for the local default).
+  """
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+
+  register_tf_filesystems(
+      [output_dir, *config.input_patterns, *config.behavior_patterns]
+  )
+  pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
+  outputs = expand_ingestion(pipeline, config)
+  write_examples(outputs, output_dir)
+  write_side_outputs(outputs, output_dir)
+  result = pipeline.run()
+  result.wait_until_finish()
+  summary = read_summary(output_dir)
+  check_metrics(result, summary)
+  return summary

@@ -451,6 +451,15 @@ class _SampleNegatives(beam.DoFn):
       yield beam.pvalue.TaggedOutput(self.STATS, STAT_NEGATIVES_SAMPLED)
 
 
+MAX_NEG_PER_POS = 1000
+
+
+def check_sampling_settings(neg_per_pos: int, seed: int) -> None:
+  """Raises for a negative count, an absurd count or a seed outside int64."""
+  _check_int("neg_per_pos", neg_per_pos, 0, MAX_NEG_PER_POS)
+  _check_int("seed", seed, 0, (1 << 63) - 1)
+
+
 def _catalogue_arrays(pairs: Iterable[tuple[int, int]]):
   rows = sorted(pairs)
   items = np.array([item for item, _ in rows], dtype=np.int64)
@@ -470,8 +479,7 @@ class SampleNegatives(beam.PTransform):
 
   def __init__(self, neg_per_pos: int, seed: int):
     super().__init__()
-    _check_int("neg_per_pos", neg_per_pos, 0, 1000)
-    _check_int("seed", seed, 0, (1 << 63) - 1)
+    check_sampling_settings(neg_per_pos, seed)
     self._neg_per_pos = neg_per_pos
     self._seed = seed
 

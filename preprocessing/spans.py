@@ -78,6 +78,9 @@ class ExampleGenSettings:
           "a span may only read behaviours up to its own day"
       )
 
+    if not isinstance(self.seed, int) or not 0 <= self.seed < 1 << 53:
+      # custom_config travels as a protobuf Struct, whose numbers are doubles.
+      raise ValueError(f"seed={self.seed!r} must be an int in [0, 2**53)")
     # Checks the remaining settings as the ingestion job will (no file access).
     ingestion.IngestionConfig(
         input_format=self.input_format,

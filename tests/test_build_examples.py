@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from preprocessing import build_examples
 from preprocessing import ingestion
 from preprocessing import raw_logs
 
@@ -146,7 +145,7 @@ def _impressions_config(tmp_path, **overrides):
 def test_malformed_rows_go_to_dead_letters_and_every_row_is_accounted_for(tmp_path):
   config = _impressions_config(tmp_path)
   out = str(tmp_path / "out")
-  summary = build_examples.run(config, out, IN_PROCESS)
+  summary = ingestion.run(config, out, IN_PROCESS)
 
   expected_reasons = [r for _, r in BAD_BEHAVIOR_LINES + BAD_IMPRESSION_LINES]
   expected_reasons.append(raw_logs.BAD_ENCODING)
@@ -175,7 +174,7 @@ def test_malformed_rows_go_to_dead_letters_and_every_row_is_accounted_for(tmp_pa
 
 def test_min_history_skips_are_counted(tmp_path):
   config = _impressions_config(tmp_path, min_history=2, max_seq_len=3, eval_days=2)
-  summary = build_examples.run(config, str(tmp_path / "out"), IN_PROCESS)
+  summary = ingestion.run(config, str(tmp_path / "out"), IN_PROCESS)
   want = brute_force(GOOD_BEHAVIORS, GOOD_IMPRESSIONS, 3, 2, 2)
   assert read_examples(str(tmp_path / "out")) == want
   assert summary["impressions_below_min_history"] == len(GOOD_IMPRESSIONS) - len(want)
@@ -198,7 +197,7 @@ def test_parquet_input_gives_the_same_examples_as_csv(tmp_path):
       input_format="impressions", input_patterns=(str(raw / "impressions*.parquet"),),
       behavior_patterns=(str(raw / "behaviors.parquet"),), max_seq_len=2,
       min_history=0, max_timestamp=MAX_TS)
-  summary = build_examples.run(config, str(tmp_path / "out"), IN_PROCESS)
+  summary = ingestion.run(config, str(tmp_path / "out"), IN_PROCESS)
   assert read_examples(str(tmp_path / "out")) == brute_force(
       GOOD_BEHAVIORS, GOOD_IMPRESSIONS, 2, 0, 1)
   assert summary["rejected_by_reason"]["negative_id"] == 1
@@ -233,7 +232,7 @@ def test_movielens_goes_through_the_same_path(tmp_path):
       movies_patterns=(str(raw / "movies.csv"),), max_seq_len=2, min_history=1,
       max_timestamp=MAX_TS)
   out = str(tmp_path / "out")
-  summary = build_examples.run(config, out, IN_PROCESS)
+  summary = ingestion.run(config, out, IN_PROCESS)
   behaviors = [(u, m, MOVIE_CATEGORY[m], -1, t) for u, m, _, t in RATINGS]
   impressions = [(u, m, MOVIE_CATEGORY[m], t, int(r >= 4)) for u, m, r, t in RATINGS]
   want = brute_force(behaviors, impressions, 2, 1, 1, with_types=False)
@@ -255,9 +254,9 @@ def test_behavior_format_positives_negatives_and_determinism(tmp_path):
   config = ingestion.IngestionConfig(
       input_format="behavior", input_patterns=(str(raw / "b.csv"),),
       max_seq_len=4, min_history=1, neg_per_pos=2, seed=3, max_timestamp=MAX_TS)
-  build_examples.run(config, str(tmp_path / "a"), IN_PROCESS)
+  ingestion.run(config, str(tmp_path / "a"), IN_PROCESS)
   first = read_examples(str(tmp_path / "a"))
-  summary = build_examples.run(config, str(tmp_path / "b"), IN_PROCESS)
+  summary = ingestion.run(config, str(tmp_path / "b"), IN_PROCESS)
   assert read_examples(str(tmp_path / "b")) == first
   # Each pv with an earlier behaviour is a positive, with two negatives that
   # share its history and never repeat its item.
@@ -306,11 +305,11 @@ def test_summary_check_catches_unaccounted_rows():
 
 
 def test_local_runner_defaults_only_without_a_runner():
-  assert build_examples.beam_args_with_defaults([]) == [
+  assert ingestion.beam_args_with_defaults([]) == [
       "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-  assert build_examples.beam_args_with_defaults(["--runner=FlinkRunner"]) == [
+  assert ingestion.beam_args_with_defaults(["--runner=FlinkRunner"]) == [
       "--runner=FlinkRunner"]
-  assert build_examples.beam_args_with_defaults(["--runner", "SparkRunner"]) == [
+  assert ingestion.beam_args_with_defaults(["--runner", "SparkRunner"]) == [
       "--runner", "SparkRunner"]
 
 

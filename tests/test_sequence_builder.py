@@ -219,6 +219,18 @@ def test_heavy_user_spread_over_chunks_matches_brute_force(tmp_path):
   assert got == brute_force(behaviors, impressions, config)
 
 
+def test_the_longest_supported_history(tmp_path):
+  """max_seq_len 10,000 over 12,000 behaviours: truncation at full length."""
+  behaviors = [Behavior(1, k, k % 13, k % 4, T0 + 7 * k) for k in range(12_000)]
+  impressions = [Impression(1, 3, 3, T0 + 7 * k + 1, k % 2)
+                 for k in (5, 9_998, 9_999, 11_999)]
+  config = SequenceConfig(max_seq_len=features.MAX_SUPPORTED_SEQ_LEN)
+  got, _ = run_build(tmp_path, behaviors, impressions, config)
+  assert got == brute_force(behaviors, impressions, config)
+  lengths = sorted(len(ex[5]) for _, ex in got)
+  assert lengths == [6, 9_999, 10_000, 10_000]
+
+
 def test_same_input_gives_the_same_examples_whatever_the_order(tmp_path):
   behaviors, impressions = random_log(seed=3)
   config = SequenceConfig(max_seq_len=7)

@@ -91,3 +91,5 @@ def test_settings_validation():
   with pytest.raises(ValueError, match="min_history"):
     ExampleGenSettings(input_format="behavior", input_pattern="x", max_seq_len=4,
                        min_history=9)
+  with pytest.raises(ValueError, match="seed"):
+    ExampleGenSettings(input_format="behavior", input_pattern="x", seed=1 << 60)
