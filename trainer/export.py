@@ -9,8 +9,11 @@ Two flavours, the same model:
     as `model.tft_layer` so its tables are saved) and adds the
     `transform_features` signature TFMA uses.
 Both give `serving_default`: examples (string [B]) -> {"probabilities":
-float32 [B]}. The model is exported with XLA off (TF Serving disables XLA JIT
-by default) and the SavedModel needs none of our Python code to load.
+float32 [B]}, and `rank` (one user's history, N candidates -> float32 [N];
+see `trainer.serving_signatures`). For eta both read SimHash signatures from
+the signature table stored at export instead of hashing. The model is
+exported with XLA off (TF Serving disables XLA JIT by default) and the
+SavedModel needs none of our Python code to load.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import tensorflow as tf
 
 from preprocessing import features
 from trainer import input as input_lib
+from trainer import serving_signatures
 
 SERVING_INPUT = features.SERVING_EXAMPLES_KEY
 PROBABILITIES = features.PROBABILITIES_KEY
@@ -32,29 +36,40 @@ def _examples_spec() -> tf.TensorSpec:
 
 
 def standalone_signatures(model: Any, max_seq_len: int) -> dict[str, Any]:
-  """serving_default over raw serialized examples, transform inside."""
+  """serving_default over raw serialized examples, transform inside; rank."""
+  table = serving_signatures.signature_table(model)
 
-  @tf.function(input_signature=[_examples_spec()])
+  @tf.function(input_signature=[_examples_spec()], autograph=False)
   def serve(examples):
     transformed = input_lib.parse_and_transform(examples, max_seq_len, include_label=False)
-    return {PROBABILITIES: tf.sigmoid(model(transformed, training=False))}
+    logits = serving_signatures.batch_logits(model, transformed, table)
+    return {PROBABILITIES: tf.sigmoid(logits)}
 
-  return {features.SERVING_DEFAULT_SIGNATURE: serve.get_concrete_function()}
+  return {
+      features.SERVING_DEFAULT_SIGNATURE: serve.get_concrete_function(),
+      features.RANK_SIGNATURE: serving_signatures.rank_function(model, table),
+  }
 
 
 def transform_signatures(model: Any, tf_transform_output: Any) -> dict[str, Any]:
-  """serving_default and transform_features through the Transform layer."""
+  """serving_default and transform_features through the Transform layer; rank.
+
+  rank applies `transform_features` itself: the preprocessing_fn is that
+  function plus slicing keys (no analyzers), so the features are the same.
+  """
   model.tft_layer = tf_transform_output.transform_features_layer()
+  table = serving_signatures.signature_table(model)
   raw_spec = tf_transform_output.raw_feature_spec()
   serving_spec = {k: v for k, v in raw_spec.items() if k != features.LABEL_KEY}
 
-  @tf.function(input_signature=[_examples_spec()])
+  @tf.function(input_signature=[_examples_spec()], autograph=False)
   def serve(examples):
     raw = tf.io.parse_example(examples, serving_spec)
     transformed = model.tft_layer(raw)
-    return {PROBABILITIES: tf.sigmoid(model(transformed, training=False))}
+    logits = serving_signatures.batch_logits(model, transformed, table)
+    return {PROBABILITIES: tf.sigmoid(logits)}
 
-  @tf.function(input_signature=[_examples_spec()])
+  @tf.function(input_signature=[_examples_spec()], autograph=False)
   def transform_features(examples):
     raw = tf.io.parse_example(examples, raw_spec)
     return model.tft_layer(raw)
@@ -62,6 +77,7 @@ def transform_signatures(model: Any, tf_transform_output: Any) -> dict[str, Any]
   return {
       features.SERVING_DEFAULT_SIGNATURE: serve.get_concrete_function(),
       TRANSFORM_FEATURES_SIGNATURE: transform_features.get_concrete_function(),
+      features.RANK_SIGNATURE: serving_signatures.rank_function(model, table),
   }
 
 
