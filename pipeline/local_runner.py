@@ -134,7 +134,11 @@ def main(argv: Sequence[str]) -> Optional[int]:
     print(f"run error: {type(error).__name__}: {error}", file=sys.stderr)
   if report.pushed:
     return 0
-  return EXIT_NOT_PUSHED if error is None or "DataValidationError" in type(error).__name__ else 1
+  # Blocked by a gate (bad data, a worse model, a failed infra check): the
+  # pipeline did its job; anything else is an error.
+  if error is None or report.states.get("DataGate") == "FAILED":
+    return EXIT_NOT_PUSHED
+  return 1
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ class RunReport:
     if self.pushed:
       return ""
     failed = [n for n, s in self.states.items() if s == "FAILED"]
+    if failed == ["DataGate"]:
+      return "the data gate stopped the run before training (input anomalies or rejected rows; see the error below)"
     if failed:
       return f"the run failed at {', '.join(failed)}"
     if self.model_blessed is False:

@@ -14,8 +14,9 @@ Two extra outputs serve evaluation slicing only (the model ignores them):
   * `slice_category_id`: int64 [B], the raw candidate category id (the model's
     `category_id` is a hashed slot).
 
-`custom_config` keys: `max_seq_len` (required), `history_length_edges`
-(optional, increasing ints starting at 0). Unknown keys are refused.
+`custom_config` keys (both required; the pipeline's PipelineConfig sets
+them): `max_seq_len`, `history_length_edges` (increasing ints from 0).
+Unknown keys are refused.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from preprocessing import transforms
 
 SLICE_HIST_LENGTH_BUCKET = "slice_hist_length_bucket"
 SLICE_CATEGORY_ID = "slice_category_id"
-DEFAULT_HISTORY_LENGTH_EDGES: tuple[int, ...] = (0, 1, 10, 100, 1000)
 _CONFIG_KEYS = frozenset({"max_seq_len", "history_length_edges"})
 
 
@@ -50,37 +50,6 @@ def history_length_bucket(
   return tf.gather(edge_tensor, index)
 
 
-def fill_missing_behavior_types(
-    types: tf.SparseTensor | tf.RaggedTensor,
-    reference: tf.SparseTensor | tf.RaggedTensor,
-) -> tf.RaggedTensor:
-  """Gives rows without behaviour types the type 0 (pv) at every position.
-
-  The schema marks `hist_behavior_types` optional (MovieLens logs have no
-  types), but Transform always hands it over, as an empty row when the
-  example lacks it. Rows that have types are passed through unchanged (a
-  length mismatch is still caught by `transform_features`).
-  """
-  if isinstance(types, tf.SparseTensor):
-    types = tf.RaggedTensor.from_sparse(types)
-  if isinstance(reference, tf.SparseTensor):
-    reference = tf.RaggedTensor.from_sparse(reference)
-  types = types.with_values(tf.cast(types.values, tf.int64))
-  missing = tf.equal(types.row_lengths(), 0)
-  lengths = tf.where(missing, reference.row_lengths(), types.row_lengths())
-  row_ids = tf.repeat(tf.range(tf.size(lengths, out_type=tf.int64)), lengths)
-  starts = tf.cumsum(lengths, exclusive=True)
-  position = tf.range(tf.reduce_sum(lengths)) - tf.gather(starts, row_ids)
-  source = tf.gather(types.row_starts(), row_ids) + position
-  # One spare value so the gather is valid for rows that take the default.
-  padded = tf.concat([types.values, tf.zeros([1], tf.int64)], axis=0)
-  safe_source = tf.where(
-      tf.gather(missing, row_ids), tf.size(types.values, out_type=tf.int64), source
-  )
-  values = tf.gather(padded, safe_source)
-  return tf.RaggedTensor.from_row_lengths(values, lengths)
-
-
 def parse_custom_config(custom_config: Optional[Mapping[str, Any]]) -> dict[str, Any]:
   config = dict(custom_config or {})
   unknown = sorted(set(config) - _CONFIG_KEYS)
@@ -89,12 +58,11 @@ def parse_custom_config(custom_config: Optional[Mapping[str, Any]]) -> dict[str,
         f"preprocessing_fn: unknown custom_config key(s) {unknown}; known: "
         f"{sorted(_CONFIG_KEYS)}"
     )
-  if "max_seq_len" not in config:
-    raise ValueError("preprocessing_fn: custom_config needs 'max_seq_len'")
+  missing = sorted(_CONFIG_KEYS - set(config))
+  if missing:
+    raise ValueError(f"preprocessing_fn: custom_config needs {missing}")
   config["max_seq_len"] = int(config["max_seq_len"])
-  config["history_length_edges"] = tuple(
-      int(e) for e in config.get("history_length_edges", DEFAULT_HISTORY_LENGTH_EDGES)
-  )
+  config["history_length_edges"] = tuple(int(e) for e in config["history_length_edges"])
   return config
 
 
@@ -113,12 +81,8 @@ def preprocessing_fn(
     plus `slice_hist_length_bucket` and `slice_category_id` (int64 [B]).
   """
   config = parse_custom_config(custom_config)
-  inputs = dict(inputs)
-  types_key = features.HIST_BEHAVIOR_TYPES.name
-  if types_key in inputs:
-    inputs[types_key] = fill_missing_behavior_types(
-        inputs[types_key], inputs[features.HIST_ITEM_IDS.name]
-    )
+  # An example without behaviour types arrives as an empty row (the schema
+  # marks the feature optional); transform_features counts it as pv.
   outputs = transforms.transform_features(inputs, config["max_seq_len"])
   outputs[SLICE_HIST_LENGTH_BUCKET] = history_length_bucket(
       outputs[transforms.HIST_LENGTH], config["history_length_edges"]
