@@ -30,7 +30,9 @@ Two things the training graph does not do:
   The long branch reads only the last max(hist_length, k) positions of the
   padded history (attention is order-invariant and padding is masked, so
   the scores equal the padded computation), which saves the padding's work
-  for users with short histories.
+  for users with short histories; din, which has no long branch, transforms
+  only the last short_seq_len behaviours (the head still reads the full
+  count, min(L, max_seq_len)).
 
 `batch_logits` is the batched (`serving_default`) counterpart: the model's
 own forward pass, with eta's signatures taken from the table.
@@ -286,8 +288,8 @@ def _shared_long_interest(
     query: tf.Tensor,
     history: Mapping[str, tf.Tensor],
     mask: tf.Tensor,
-) -> Optional[tf.Tensor]:
-  """The variant's long branch for N candidates over one history [T].
+) -> tf.Tensor:
+  """The variant's long branch for N candidates over one history [T] (not din).
 
   Args:
     item, category: int64 [N] candidate slots.
@@ -297,7 +299,7 @@ def _shared_long_interest(
     mask: bool [T].
 
   Returns:
-    float32 [N, width], or None for din.
+    float32 [N, width].
   """
   c = model.model_config
   variant = c.model
@@ -347,9 +349,7 @@ def _shared_long_interest(
     return tf.broadcast_to(pooled[tf.newaxis], [tf.shape(item)[0], tf.shape(pooled)[0]])
   if variant == "sdim":
     return _sdim_shared(model, item, category, history, mask)
-  if variant == "din":
-    return None
-  raise ValueError(f"no rank path for variant {variant!r}")
+  raise ValueError(f"no shared long branch for variant {variant!r}")
 
 
 def _long_branch_tail(model_config: config_lib.ModelConfig) -> int:
@@ -385,21 +385,40 @@ def rank_probabilities(
   max_seq_len = c.max_seq_len
   item_ids = tf.reshape(raw[features.RANK_ITEM_IDS_KEY], [-1])
   category_ids = tf.reshape(raw[features.RANK_CATEGORY_IDS_KEY], [-1])
-  check = tf.debugging.assert_equal(
-      tf.size(item_ids), tf.size(category_ids),
-      message=(
-          f"rank: {features.RANK_ITEM_IDS_KEY} and "
-          f"{features.RANK_CATEGORY_IDS_KEY} differ in length"
-      ),
-  )
-  with tf.control_dependencies([check]):
+  raw_history = {
+      f.name: tf.reshape(raw[f.name], [-1])
+      for f in (features.HIST_ITEM_IDS, features.HIST_CATEGORY_IDS,
+                features.HIST_TIMESTAMPS)
+  }
+  raw_length = tf.size(raw_history[features.HIST_ITEM_IDS.name], out_type=tf.int64)
+  checks = [
+      tf.debugging.assert_equal(
+          tf.size(item_ids), tf.size(category_ids),
+          message=(
+              f"rank: {features.RANK_ITEM_IDS_KEY} and "
+              f"{features.RANK_CATEGORY_IDS_KEY} differ in length"
+          ),
+      )
+  ] + [
+      tf.debugging.assert_equal(
+          tf.size(values, out_type=tf.int64), raw_length,
+          message=f"rank: {name} and {features.HIST_ITEM_IDS.name} differ in length",
+      )
+      for name, values in raw_history.items()
+  ]
+  with tf.control_dependencies(checks):
     item = transforms.hash_ids(item_ids, features.ITEM_ID.buckets)
   category = transforms.hash_ids(category_ids, features.CATEGORY_ID.buckets)
   n = tf.shape(item)[0]
+  # What the head's log1p(hist_length) reads, as in the batched features.
+  hist_length = tf.minimum(raw_length, max_seq_len)
 
-  # The history as ONE example through the training transform. Its candidate
-  # fields are placeholders (transform_features needs them; the N real
-  # candidates are hashed above with the same hash_ids).
+  # The history as ONE example through the training transform, cut first to
+  # the window the variant reads (din: the short sequence only), so nothing
+  # older is hashed. Its candidate fields are placeholders
+  # (transform_features needs them; the N real candidates are hashed above
+  # with the same hash_ids).
+  window = max_seq_len if c.model != "din" else c.short_seq_len
   one = tf.zeros([1], tf.int64)
   history_inputs = {
       features.USER_ID.name: one,
@@ -409,15 +428,12 @@ def rank_probabilities(
           raw[features.RANK_REQUEST_TIMESTAMP_KEY], [1]
       ),
   }
-  for feature in (features.HIST_ITEM_IDS, features.HIST_CATEGORY_IDS,
-                  features.HIST_TIMESTAMPS):
-    history_inputs[feature.name] = tf.RaggedTensor.from_tensor(
-        tf.reshape(raw[feature.name], [1, -1])
-    )
-  transformed = transforms.transform_features(history_inputs, max_seq_len)
+  for name, values in raw_history.items():
+    history_inputs[name] = tf.RaggedTensor.from_tensor(values[tf.newaxis, -window:])
+  transformed = transforms.transform_features(history_inputs, window)
   history = {name: transformed[name][0] for name in transforms.SEQUENCE_OUTPUTS}
-  hist_length = transformed[transforms.HIST_LENGTH]  # [1]
-  mask = model_lib.valid_mask(hist_length, max_seq_len)[0]  # [max_seq_len]
+  window_length = transformed[transforms.HIST_LENGTH]  # [1]
+  mask = model_lib.valid_mask(window_length, window)[0]  # [window]
 
   candidate_item, query = model.candidate_representation(item, category)
   short_len = c.short_seq_len
@@ -428,19 +444,18 @@ def rank_probabilities(
   short_mask = tf.broadcast_to(mask[tf.newaxis, -short_len:], [n, short_len])
   parts = [query, model.short_interest(query, short_history, short_mask)]
 
-  # Only the tail holds behaviours (left padding); keep at least what
-  # top-k needs so k <= T.
-  tail = tf.minimum(
-      tf.maximum(hist_length[0], _long_branch_tail(c)), max_seq_len
-  )
-  start = max_seq_len - tail
-  tail_history = {name: values[start:] for name, values in history.items()}
-  long = _shared_long_interest(
-      model, table, item, category, candidate_item, query, tail_history,
-      mask[start:],
-  )
-  if long is not None:
-    parts.append(long)
+  if c.model != "din":
+    # Only the tail holds behaviours (left padding); keep at least what
+    # top-k needs so k <= T.
+    tail = tf.minimum(
+        tf.maximum(window_length[0], _long_branch_tail(c)), window
+    )
+    start = window - tail
+    tail_history = {name: values[start:] for name, values in history.items()}
+    parts.append(_shared_long_interest(
+        model, table, item, category, candidate_item, query, tail_history,
+        mask[start:],
+    ))
   logits = _logit_from_parts(model, parts, tf.broadcast_to(hist_length, [n]))
   return tf.sigmoid(logits)
 
