@@ -131,6 +131,11 @@ class PipelineConfig:
       )
     if self.date is not None and not isinstance(self.date, datetime.date):
       raise ConfigError(f"date must be a datetime.date, got {self.date!r}")
+    if self.date is not None and self.input_format == "movielens":
+      raise ConfigError(
+          "date must be None for movielens: its ratings.csv is one span, not "
+          "daily files"
+      )
     _check_int(self, "rolling_window_days", 2)
     _check_int(self, "eval_days", 1)
     if self.eval_days >= self.rolling_window_days:

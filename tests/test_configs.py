@@ -56,6 +56,7 @@ def test_from_dict_round_trips_and_parses_dates():
         ({"warm_start": "yes"}, "warm_start"),
         ({"date": "2024-13-01"}, "YYYY-MM-DD"),
         ({"data_root": ""}, "data_root"),
+        ({"input_format": "movielens", "date": "2024-01-01"}, "one span"),
         ({"model": ""}, "model"),
         ({"hyperparameters": {"train_steps": 5}}, r"must not set \['train_steps'\]"),
     ],

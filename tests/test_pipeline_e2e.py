@@ -215,7 +215,7 @@ def test_worse_model_is_not_pushed(workspace, first_run):
   store = run_report.connect(os.path.join(workspace["pipeline_root"], "metadata.sqlite"))
   examples = [a for a in store.get_artifacts_by_type("Examples") if "/ExampleGen/" in a.uri]
   assert len(examples) == 1
-  assert examples[0].properties["span"].int_value == configs.span_of_date(configs.parse_date(DATE))
+  assert examples[0].custom_properties["span"].int_value == configs.span_of_date(configs.parse_date(DATE))
 
 
 def test_corrupt_input_stops_before_training(tmp_path):
