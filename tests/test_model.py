@@ -236,3 +236,20 @@ def test_model_config_round_trip():
 def test_top_k_larger_than_history_is_refused():
   with pytest.raises(config.ConfigError, match="top_k"):
     small_config("eta", top_k=L + 1)
+
+
+def test_embedding_penalty_counts_each_used_row_once(batch):
+  inputs, labels = batch
+  model = model_lib.build_model(small_config("din", embedding_l2=0.5))
+  items = np.concatenate([inputs["item_id"].numpy().ravel(), inputs["hist_item_ids"].numpy().ravel()])
+  cats = np.concatenate([inputs["category_id"].numpy().ravel(),
+                         inputs["hist_category_ids"].numpy().ravel()])
+  item_table = model.item_embedding.embeddings.numpy()
+  category_table = model.category_embedding.embeddings.numpy()
+  want = sum(float(np.sum(item_table[i] ** 2)) for i in set(items.tolist()) - {0})
+  want += sum(float(np.sum(category_table[c] ** 2)) for c in set(cats.tolist()) - {0})
+  assert float(model.embedding_penalty(inputs)) == pytest.approx(want, rel=1e-5)
+  # The training loss adds it (per example of the batch); evaluation does not.
+  with_penalty = float(model.compute_loss((inputs, labels), training=True))
+  without = float(model.compute_loss((inputs, labels), training=False))
+  assert with_penalty - without == pytest.approx(0.5 * want / labels.shape[0], rel=1e-4)

@@ -89,6 +89,13 @@ class ModelConfig:
     din_hidden_units: DIN activation unit of the short branch.
     mlp_units: hidden layers of the final MLP.
     dropout: dropout rate in the MLP and the attention.
+    embedding_init_stddev: stddev of the N(0, s) initial embeddings. Large
+      enough that distinct ids start far apart: DIN's q - k and q * k and the
+      attention logits then tell an exact match from a near one from the
+      first step (at Keras' default +-0.05 the models memorised ids before
+      they learned to match; see bench/results/train.md).
+    embedding_l2: weight of the L2 penalty on the item and category rows a
+      batch uses (each distinct row once per batch, DIN-style); 0 disables.
     sdim_num_bits / sdim_tau: SDIM hashing (m bits in groups of tau).
     seed: seed of the SimHash projections and of weight initialisation.
     jit_compile: run retrieval and attention under XLA when training
@@ -107,6 +114,8 @@ class ModelConfig:
   din_hidden_units: tuple[int, ...] = (64, 32)
   mlp_units: tuple[int, ...] = (128, 64)
   dropout: float = 0.0
+  embedding_init_stddev: float = 1.0
+  embedding_l2: float = 0.0
   sdim_num_bits: int = 48
   sdim_tau: int = 3
   seed: int = 0
@@ -137,6 +146,10 @@ class ModelConfig:
     _check_units(self, "din_hidden_units", allow_empty=False)
     _check_units(self, "mlp_units", allow_empty=True)
     _check_float(self, "dropout", 0.0, 1.0, high_open=True)
+    _check_float(self, "embedding_init_stddev", 0.0, 1e3)
+    if self.embedding_init_stddev == 0.0:
+      raise ConfigError("embedding_init_stddev must be > 0")
+    _check_float(self, "embedding_l2", 0.0, 1e3)
     _check_int(self, "sdim_tau", 1)
     if self.sdim_num_bits not in ETA_NUM_BITS:
       raise ConfigError(

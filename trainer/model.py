@@ -116,18 +116,27 @@ class EtaModel(tfrs.models.Model):
     self._compiled = _CompiledFunctions()
     self._xla_enabled = model_config.jit_compile
     c = model_config
-    self.item_embedding = tf.keras.layers.Embedding(
-        features.ITEM_ID.buckets, c.embedding_dim, name="item_embedding"
+
+    def embedding(rows: int, dim: int, name: str) -> tf.keras.layers.Embedding:
+      return tf.keras.layers.Embedding(
+          rows, dim, name=name,
+          embeddings_initializer=tf.keras.initializers.RandomNormal(
+              stddev=c.embedding_init_stddev
+          ),
+      )
+
+    self.item_embedding = embedding(
+        features.ITEM_ID.buckets, c.embedding_dim, "item_embedding"
     )
-    self.category_embedding = tf.keras.layers.Embedding(
-        features.CATEGORY_ID.buckets, c.embedding_dim, name="category_embedding"
+    self.category_embedding = embedding(
+        features.CATEGORY_ID.buckets, c.embedding_dim, "category_embedding"
     )
-    self.time_gap_embedding = tf.keras.layers.Embedding(
-        features.TIME_GAP_BUCKETS, c.side_embedding_dim, name="time_gap_embedding"
+    self.time_gap_embedding = embedding(
+        features.TIME_GAP_BUCKETS, c.side_embedding_dim, "time_gap_embedding"
     )
-    self.behavior_type_embedding = tf.keras.layers.Embedding(
+    self.behavior_type_embedding = embedding(
         len(features.BEHAVIOR_TYPES) + 1, c.side_embedding_dim,
-        name="behavior_type_embedding",
+        "behavior_type_embedding",
     )
     if c.model == "eta":
       self.simhash = simhash.SimHash(num_bits=c.num_bits, seed=c.seed, name="simhash")
@@ -407,10 +416,30 @@ class EtaModel(tfrs.models.Model):
     logits = self(model_inputs, training=training)
     labels = tf.cast(tf.reshape(labels, [-1, 1]), tf.float32)
     loss_sum = self.task(labels=labels, predictions=logits[:, tf.newaxis], training=training)
+    if training and self.model_config.embedding_l2 > 0:
+      loss_sum += self.model_config.embedding_l2 * self.embedding_penalty(model_inputs)
     # Replicas' gradients are summed, so each divides by the global batch.
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     global_batch = tf.cast(tf.shape(labels)[0] * replicas, tf.float32)
     return loss_sum / global_batch
+
+  def embedding_penalty(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """Sum of squared norms of the item and category rows the batch uses.
+
+    DIN's mini-batch aware regularisation: each distinct row counts once per
+    batch, so rare ids are not shrunk more than they are trained. Padding
+    (slot 0) is excluded.
+    """
+    penalty = tf.constant(0.0)
+    for table, names in (
+        (self.item_embedding, (features.ITEM_ID.name, features.HIST_ITEM_IDS.name)),
+        (self.category_embedding, (features.CATEGORY_ID.name, features.HIST_CATEGORY_IDS.name)),
+    ):
+      ids = tf.concat([tf.reshape(inputs[name], [-1]) for name in names], axis=0)
+      unique_ids, _ = tf.unique(ids)
+      rows = table(tf.boolean_mask(unique_ids, unique_ids > 0))
+      penalty += tf.reduce_sum(tf.square(rows))
+    return penalty
 
   def get_config(self) -> dict[str, Any]:
     return {"model_config": self.model_config.to_dict()}
