@@ -6,8 +6,11 @@ DirectRunner in multi-processing mode.
 
 At the end it prints where the model was pushed (or why it was not) and its
 metrics against the baseline, read from ML Metadata and the Evaluator's
-output. Rerunning a date reuses every cached component (idempotent); an
-interrupted run resumes from the components that completed.
+output. An interrupted run resumes from the components that completed.
+Rerunning a date reuses the cached data half (ExampleGen .. Transform: no
+duplicated span); if that date's first run pushed a model, the Trainer runs
+again, because its warm-start input is now that model, and the result is
+pushed only if it beats the served model (see pipeline/pipeline.py).
 Exit status: 0 pushed, 3 not pushed (blocked by a gate), 1 other errors.
 """
 

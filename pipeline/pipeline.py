@@ -11,7 +11,16 @@
     -> Pusher (numbered versions under serving_model_dir)
 
 The same function feeds the local runner (LocalDagRunner) and the Kubeflow
-runner (KubeflowV2DagRunner). Module functions are named by dotted path, so
+runner (KubeflowV2DagRunner).
+
+Reruns. TFX caching makes a rerun of a date reuse ExampleGen (same span and
+input fingerprint: no duplicated span), StatisticsGen, ExampleValidator, the
+gate and Transform. The Trainer is reused too unless its warm-start input
+changed: after a run that pushed, the latest blessed model is that run's own
+model, so a rerun of the same date trains again (warm-started from it) and
+the Evaluator pushes the result only if it is not worse than it. A
+resolver that skips models trained on the same span would need a custom
+ResolverStrategy, which KubeflowV2DagRunner cannot compile. Module functions are named by dotted path, so
 this module imports no trainer code.
 """
 
