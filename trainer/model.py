@@ -171,17 +171,13 @@ class EtaModel(tfrs.models.Model):
 
   # --- switches -----------------------------------------------------------
 
-  def use_xla(self, enabled: bool) -> None:
-    """Turns the XLA-compiled retrieval and attention on or off.
-
-    Takes effect for functions traced afterwards (call it before `compile`
-    or before tracing serving signatures).
-    """
-    self._xla_enabled = bool(enabled) and self.model_config.jit_compile
-
   @contextlib.contextmanager
   def xla_disabled(self) -> Iterator[None]:
-    """Within the block, functions traced call no XLA (export, build)."""
+    """Within the block, functions traced call no XLA (export, build).
+
+    Takes effect for functions traced inside the block; a function traced
+    before keeps what it was traced with.
+    """
     enabled = self._xla_enabled
     self._xla_enabled = False
     try:

@@ -1,0 +1,394 @@
+"""Training benchmarks of the model family: quality per variant, speed vs L.
+
+Part `quality`: the synthetic default data set (`preprocessing.synthetic`,
+2000 users) through the ingestion CLI (`preprocessing.build_examples`,
+max_seq_len 1024), then every variant trained by the standalone trainer
+(`trainer.train`, one subprocess each) with the same data, steps and seeds;
+eval AUC, GAUC, log loss, calibration and training examples/s, next to the
+generator's oracle AUC. Optionally the same on MovieLens (latest-small,
+GroupLens licence, research use) through the ingestion adapter.
+
+Part `speed`: random full-length histories (Zipf item ids, every position
+real), batch 256, for eta, exact_topk, full_attention and din at
+max_seq_len 256 / 1,024 / 4,096 / 10,000, d = 32 and 64, k = 64, m = 64, with
+and without XLA on the retrieval/attention functions. Each configuration
+runs in its own subprocess: training examples/s (Keras fit steps after
+warm-up), inference examples/s (the model call under tf.function), and the
+process's peak RSS.
+
+Prints markdown tables and writes bench/results/train.md, train.json and
+train_speed.png.
+
+Usage:
+  python bench/train_bench.py [--part=all|quality|speed] [--quality_steps=1500]
+      [--seeds=0,1] [--movielens] [--speed_lengths=256,1024,4096,10000]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOVIELENS_DIR = os.path.join(os.path.dirname(REPO), "shared", "datasets", "movielens-latest-small")
+
+_PART = flags.DEFINE_enum("part", "all", ["all", "quality", "speed"], "What to run.")
+_WORK_DIR = flags.DEFINE_string(
+    "work_dir", os.path.join(REPO, "bench", "scratch", "train_bench"), "Scratch space."
+)
+_RESULTS_DIR = flags.DEFINE_string(
+    "results_dir", os.path.join(REPO, "bench", "results"), "Where results go."
+)
+_USERS = flags.DEFINE_integer("users", 2000, "Synthetic users (generator default 2000).")
+_QUALITY_STEPS = flags.DEFINE_integer("quality_steps", 1500, "Training steps per variant.")
+_QUALITY_BATCH = flags.DEFINE_integer("quality_batch_size", 256, "Training batch size.")
+_QUALITY_HPARAMS = flags.DEFINE_string(
+    "quality_hparams", "{}", "JSON of extra settings for every quality run."
+)
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Model seeds (data seed stays 0).")
+_VARIANTS = flags.DEFINE_list(
+    "variants",
+    ["eta", "exact_topk", "full_attention", "sim_hard", "sdim", "avgpool", "din"],
+    "Variants of the quality part.",
+)
+_MOVIELENS = flags.DEFINE_bool("movielens", True, "Also run the quality part on MovieLens.")
+_MOVIELENS_DIR = flags.DEFINE_string(
+    "movielens_dir", MOVIELENS_DIR, "MovieLens latest-small (ratings.csv, movies.csv)."
+)
+_SPEED_LENGTHS = flags.DEFINE_list("speed_lengths", ["256", "1024", "4096", "10000"], "L values.")
+_SPEED_DIMS = flags.DEFINE_list("speed_dims", ["32", "64"], "Embedding dims d.")
+_SPEED_MODELS = flags.DEFINE_list(
+    "speed_models", ["eta", "exact_topk", "full_attention", "din"], "Variants timed."
+)
+_SPEED_STEPS = flags.DEFINE_integer("speed_steps", 5, "Timed steps per configuration.")
+_SINGLE = flags.DEFINE_string("single_speed_config", None, "Internal: one speed run (JSON).")
+
+SPEED_BATCH = 256
+SPEED_TOP_K = 64
+SPEED_NUM_BITS = 64
+
+
+def _env() -> dict[str, str]:
+  return dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+
+
+def _run(args: list[str], log_path: str) -> None:
+  with open(log_path, "w") as log:
+    result = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+  if result.returncode != 0:
+    with open(log_path) as log:
+      tail = log.read()[-3000:]
+    raise RuntimeError(f"{' '.join(args[:3])} failed (see {log_path}):\n{tail}")
+
+
+# --- quality ------------------------------------------------------------------
+
+
+def prepare_synthetic(work_dir: str) -> tuple[str, dict[str, Any]]:
+  raw = os.path.join(work_dir, "raw")
+  examples = os.path.join(work_dir, "examples_1024")
+  if not os.path.exists(os.path.join(raw, "oracle.json")):
+    _run([sys.executable, "-m", "preprocessing.synthetic", f"--output_dir={raw}",
+          f"--users={_USERS.value}", "--seed=0"], os.path.join(work_dir, "synthetic.log"))
+  if not os.path.exists(os.path.join(examples, "summary.json")):
+    _run([sys.executable, "-m", "preprocessing.build_examples",
+          f"--input={raw}/impressions/*.csv", "--input_format=impressions",
+          f"--behavior_log={raw}/behaviors/*.csv", f"--output_dir={examples}",
+          "--max_seq_len=1024", "--min_history=0", "--eval_days=1"],
+         os.path.join(work_dir, "ingestion.log"))
+  with open(os.path.join(raw, "oracle.json")) as f:
+    oracle = json.load(f)
+  return examples, oracle
+
+
+def prepare_movielens(work_dir: str) -> str:
+  examples = os.path.join(work_dir, "movielens_1024")
+  if not os.path.exists(os.path.join(examples, "summary.json")):
+    _run([sys.executable, "-m", "preprocessing.build_examples",
+          f"--input={_MOVIELENS_DIR.value}/ratings.csv", "--input_format=movielens",
+          f"--output_dir={examples}", "--max_seq_len=1024", "--min_history=1",
+          "--eval_days=365"],
+         os.path.join(work_dir, "movielens_ingestion.log"))
+  return examples
+
+
+def train_variant(examples: str, out_dir: str, variant: str, seed: int, steps: int) -> dict[str, Any]:
+  os.makedirs(out_dir, exist_ok=True)
+  _run([sys.executable, "-m", "trainer.train",
+        f"--train_files={examples}/train/*.tfrecord.gz",
+        f"--eval_files={examples}/eval/*.tfrecord.gz",
+        f"--model={variant}", "--max_seq_len=1024", f"--train_steps={steps}",
+        f"--batch_size={_QUALITY_BATCH.value}", f"--seed={seed}", "--steps_per_epoch=100",
+        f"--output_dir={out_dir}", f"--hparams={_QUALITY_HPARAMS.value}"],
+       os.path.join(out_dir, "train.log"))
+  with open(os.path.join(out_dir, "metrics.json")) as f:
+    return json.load(f)
+
+
+def quality(data_name: str, examples: str, work_dir: str) -> list[dict[str, Any]]:
+  rows = []
+  for variant in _VARIANTS.value:
+    for seed in (int(s) for s in _SEEDS.value):
+      start = time.perf_counter()
+      metrics = train_variant(
+          examples, os.path.join(work_dir, f"{data_name}_{variant}_seed{seed}"),
+          variant, seed, _QUALITY_STEPS.value,
+      )
+      row = {
+          "data": data_name, "model": variant, "seed": seed,
+          **{k: metrics[k] for k in ("auc", "gauc", "logloss", "calibration",
+                                     "examples_per_sec_train", "examples")},
+          "wall_s": time.perf_counter() - start,
+      }
+      logging.info("%s", row)
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+  return rows
+
+
+# --- speed ---------------------------------------------------------------------
+
+
+def random_batch(max_seq_len: int, seed: int):
+  """Full-length histories, Zipf item ids over 100k items, as transformed slots."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from preprocessing import features  # pylint: disable=g-import-not-at-top
+  from preprocessing import transforms  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  shape = (SPEED_BATCH, max_seq_len)
+  items = np.minimum(rng.zipf(1.2, shape), 100_000).astype(np.int64)
+  categories = items % 400 + 1
+  return {
+      features.USER_ID.name: tf.constant(np.arange(SPEED_BATCH), tf.int64),
+      features.ITEM_ID.name: tf.constant(rng.integers(1, 100_000, SPEED_BATCH), tf.int64),
+      features.CATEGORY_ID.name: tf.constant(rng.integers(1, 401, SPEED_BATCH), tf.int64),
+      features.HIST_ITEM_IDS.name: tf.constant(items),
+      features.HIST_CATEGORY_IDS.name: tf.constant(categories),
+      transforms.HIST_TIME_GAP_BUCKETS: tf.constant(rng.integers(1, 32, shape), tf.int64),
+      features.HIST_BEHAVIOR_TYPES.name: tf.constant(rng.integers(1, 5, shape), tf.int64),
+      transforms.HIST_LENGTH: tf.constant(np.full(SPEED_BATCH, max_seq_len), tf.int64),
+  }, tf.constant(rng.integers(0, 2, SPEED_BATCH), tf.int64)
+
+
+def single_speed_run(settings: dict[str, Any]) -> dict[str, Any]:
+  """One configuration in this process: train and inference examples/s, peak RSS."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from trainer import config  # pylint: disable=g-import-not-at-top
+  from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  model_config = config.ModelConfig(
+      model=settings["model"], max_seq_len=settings["max_seq_len"],
+      embedding_dim=settings["d"], top_k=SPEED_TOP_K, num_bits=SPEED_NUM_BITS,
+      jit_compile=settings["xla"],
+  )
+  features_batch, labels = random_batch(settings["max_seq_len"], seed=0)
+  model = model_lib.build_model(model_config)
+  model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+  dataset = tf.data.Dataset.from_tensors((features_batch, labels)).repeat()
+  steps = settings["steps"]
+  model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # trace, compile
+  start = time.perf_counter()
+  model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+  train_seconds = (time.perf_counter() - start) / steps
+
+  @tf.function
+  def infer(batch):
+    return model(batch, training=False)
+
+  infer(features_batch).numpy()
+  infer(features_batch).numpy()
+  start = time.perf_counter()
+  for _ in range(steps):
+    infer(features_batch).numpy()
+  infer_seconds = (time.perf_counter() - start) / steps
+  return {
+      **settings,
+      "train_ms_per_step": 1000 * train_seconds,
+      "train_examples_per_sec": SPEED_BATCH / train_seconds,
+      "infer_ms_per_batch": 1000 * infer_seconds,
+      "infer_examples_per_sec": SPEED_BATCH / infer_seconds,
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
+
+
+def speed(work_dir: str) -> list[dict[str, Any]]:
+  rows = []
+  for length in (int(v) for v in _SPEED_LENGTHS.value):
+    for d in (int(v) for v in _SPEED_DIMS.value):
+      for xla in (True, False):
+        for model in _SPEED_MODELS.value:
+          settings = {"model": model, "max_seq_len": length, "d": d, "xla": xla,
+                      "steps": _SPEED_STEPS.value if length <= 1024 else 3}
+          log_path = os.path.join(work_dir, f"speed_{model}_{length}_{d}_{xla}.log")
+          try:
+            _run([sys.executable, os.path.abspath(__file__),
+                  f"--single_speed_config={json.dumps(settings)}"], log_path)
+            with open(log_path) as f:
+              line = [l for l in f.read().splitlines() if l.startswith("{")][-1]
+            row = json.loads(line)
+          except RuntimeError as error:  # e.g. out of memory: reported, not hidden
+            row = {**settings, "error": str(error).splitlines()[-1][:200]}
+          print(json.dumps(row), flush=True)
+          rows.append(row)
+  return rows
+
+
+# --- report --------------------------------------------------------------------
+
+
+def _quality_table(rows: list[dict[str, Any]], oracle: dict[str, Any] | None) -> list[str]:
+  lines = [
+      "| data | model | seeds | AUC | GAUC | log loss | calibration | train examples/s |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+  for row in rows:
+    by_key.setdefault((row["data"], row["model"]), []).append(row)
+  for (data, model), group in by_key.items():
+    mean = lambda k: sum(r[k] for r in group) / len(group)  # noqa: E731
+    spread = ""
+    if len(group) > 1:
+      spread = f" ({min(r['auc'] for r in group):.4f}-{max(r['auc'] for r in group):.4f})"
+    lines.append(
+        f"| {data} | {model} | {len(group)} | {mean('auc'):.4f}{spread} | {mean('gauc'):.4f} | "
+        f"{mean('logloss'):.4f} | {mean('calibration'):.3f} | {mean('examples_per_sec_train'):,.0f} |"
+    )
+  if oracle:
+    lines.append(
+        f"| synthetic | oracle (true click probability) | - | {oracle['oracle_auc_eval']:.4f} "
+        "| - | - | - | - |"
+    )
+  return lines
+
+
+def _speed_table(rows: list[dict[str, Any]]) -> list[str]:
+  lines = [
+      "| L | d | XLA | model | train ms/step | train examples/s | infer ms/batch | "
+      "infer examples/s | peak RSS MiB |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for r in rows:
+    if "error" in r:
+      lines.append(f"| {r['max_seq_len']} | {r['d']} | {r['xla']} | {r['model']} | "
+                   f"failed: {r['error']} | | | | |")
+      continue
+    lines.append(
+        f"| {r['max_seq_len']} | {r['d']} | {'on' if r['xla'] else 'off'} | {r['model']} | "
+        f"{r['train_ms_per_step']:.0f} | {r['train_examples_per_sec']:,.0f} | "
+        f"{r['infer_ms_per_batch']:.1f} | {r['infer_examples_per_sec']:,.0f} | "
+        f"{r['peak_rss_mib']:,.0f} |"
+    )
+  return lines
+
+
+def _plot(rows: list[dict[str, Any]], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  dims = sorted({r["d"] for r in rows})
+  figure, axes = plt.subplots(1, 2 * len(dims), figsize=(6 * 2 * len(dims), 4.5), squeeze=False)
+  column = 0
+  for d in dims:
+    for xla in (True, False):
+      axis = axes[0][column]
+      column += 1
+      for model in sorted({r["model"] for r in rows}):
+        points = sorted(
+            (r["max_seq_len"], r["train_ms_per_step"]) for r in rows
+            if r["d"] == d and r["xla"] == xla and r["model"] == model and "error" not in r
+        )
+        if points:
+          axis.plot(*zip(*points), marker="o", label=model)
+      axis.set_xscale("log")
+      axis.set_yscale("log")
+      axis.set_xlabel("max_seq_len L")
+      axis.set_ylabel("training ms per step (batch 256)")
+      axis.set_title(f"d={d}, XLA {'on' if xla else 'off'}")
+      axis.grid(True, which="both", alpha=0.3)
+      axis.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+
+
+def main(argv):
+  del argv
+  if _SINGLE.value:
+    print(json.dumps(single_speed_run(json.loads(_SINGLE.value))), flush=True)
+    return
+  from preprocessing import environment  # pylint: disable=g-import-not-at-top
+
+  environment.check_environment(import_tensorflow=False)
+  work_dir = _WORK_DIR.value
+  os.makedirs(work_dir, exist_ok=True)
+  os.makedirs(_RESULTS_DIR.value, exist_ok=True)
+  json_path = os.path.join(_RESULTS_DIR.value, "train.json")
+  previous = {}
+  if os.path.exists(json_path):
+    with open(json_path) as f:
+      previous = json.load(f)
+  result: dict[str, Any] = {
+      "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+      "quality": previous.get("quality", []),
+      "quality_settings": previous.get("quality_settings", {}),
+      "oracle": previous.get("oracle"),
+      "speed": previous.get("speed", []),
+  }
+  if _PART.value in ("all", "quality"):
+    examples, oracle = prepare_synthetic(work_dir)
+    rows = quality("synthetic", examples, work_dir)
+    if _MOVIELENS.value:
+      rows += quality("movielens", prepare_movielens(work_dir), work_dir)
+    result.update(quality=rows, oracle=oracle, quality_settings={
+        "steps": _QUALITY_STEPS.value, "batch_size": _QUALITY_BATCH.value,
+        "seeds": _SEEDS.value, "hparams": json.loads(_QUALITY_HPARAMS.value),
+        "max_seq_len": 1024,
+    })
+  if _PART.value in ("all", "speed"):
+    result["speed"] = speed(work_dir)
+  with open(json_path, "w") as f:
+    json.dump(result, f, indent=2)
+  lines = ["# Training benchmarks: quality per variant, speed vs history length", ""]
+  if result["quality"]:
+    s = result["quality_settings"]
+    lines += [
+        f"Quality: `python bench/train_bench.py --part=quality` -- {s.get('steps')} steps of "
+        f"batch {s.get('batch_size')}, max_seq_len 1024, seeds {s.get('seeds')}, extra "
+        f"settings {s.get('hparams')}; eval = the last day (synthetic) / last 365 days "
+        "(MovieLens), split by time by the ingestion job.", "",
+        *_quality_table(result["quality"], result["oracle"]), "",
+    ]
+  if result["speed"]:
+    lines += [
+        f"Speed: `python bench/train_bench.py --part=speed` -- batch {SPEED_BATCH}, k = "
+        f"{SPEED_TOP_K}, m = {SPEED_NUM_BITS}, every history position real, "
+        f"{result['machine']['cpus']} CPU cores, one subprocess per row (peak RSS is the "
+        "whole process). XLA = the retrieval/attention functions under "
+        "tf.function(jit_compile=True).", "",
+        *_speed_table(result["speed"]), "",
+        "![training time vs L](train_speed.png)", "",
+    ]
+    _plot(result["speed"], os.path.join(_RESULTS_DIR.value, "train_speed.png"))
+  report = "\n".join(lines)
+  print(report)
+  with open(os.path.join(_RESULTS_DIR.value, "train.md"), "w") as f:
+    f.write(report)
+
+
+if __name__ == "__main__":
+  app.run(main)
