@@ -13,7 +13,9 @@ initialised and exported; latency does not depend on the weights' values):
 * the floor: a bare XOR + popcount + top_k over the same N x L signatures
   (no transform, no embeddings, no attention), plain and under XLA;
 * what `rank` saves: the same N candidates sent to `serving_default` as N
-  tf.Examples that each carry the user's history.
+  tf.Examples that each carry the user's history;
+* where eta's time goes: its pieces (history transform, retrieval, attention
+  over the retrieved, short DIN branch), each traced alone in one process.
 Throughput with batching: `serving_default` over batches of B serialized
 examples (each its own user), examples per second, next to `rank`'s
 candidates per second.
@@ -108,14 +110,77 @@ def _floor_function(tf, k: int, xla: bool):
   return tf.function(floor, jit_compile=xla)
 
 
+def _breakdown_calls(tf, spec: dict[str, Any], data) -> dict[str, Any]:
+  """The pieces of eta's rank, each traced alone in this process (no SavedModel)."""
+  # pylint: disable=g-import-not-at-top
+  from preprocessing import features
+  from preprocessing import transforms
+  from trainer import config as config_lib
+  from trainer import model as model_lib
+  from trainer import serving_signatures
+  # pylint: enable=g-import-not-at-top
+
+  seq_len, n = spec["seq_len"], spec["num_candidates"]
+  model = model_lib.build_model(config_lib.ModelConfig(
+      model="eta", max_seq_len=seq_len, seed=spec["seed"], jit_compile=False))
+  table = serving_signatures.signature_table(model)
+  raw_history = {key: tf.constant(data[key][0]) for key in HISTORY_KEYS}
+  timestamp = tf.constant(REQUEST_TIMESTAMP, tf.int64)
+  items = transforms.hash_ids(tf.constant(data["item_ids"][:n]), features.ITEM_ID.buckets)
+  categories = transforms.hash_ids(
+      tf.constant(data["category_ids"][:n]), features.CATEGORY_ID.buckets)
+  short_len = model.model_config.short_seq_len
+
+  def function(body):
+    return tf.function(body, autograph=False)
+
+  with model.xla_disabled():
+    transform = function(
+        lambda: serving_signatures.transform_history(raw_history, timestamp, seq_len))
+    history, mask = transform()
+    _, query = model.candidate_representation(items, categories)
+    retrieve = function(lambda: serving_signatures.shared_hamming_top_k(
+        tf.gather(table, items), tf.gather(table, history["hist_item_ids"]), mask,
+        model.model_config.top_k, prefer_recent=model.hamming_top_k.prefer_recent))
+    indices, valid = retrieve()
+    attend = function(lambda: serving_signatures.attend_selected_shared(
+        model, query, history, indices, valid))
+    short = function(lambda: model.short_interest(
+        query,
+        {k: tf.broadcast_to(v[tf.newaxis, -short_len:], [n, short_len])
+         for k, v in history.items()},
+        tf.broadcast_to(mask[tf.newaxis, -short_len:], [n, short_len])))
+    rank = serving_signatures.rank_function(model, table)
+  rank_inputs = {**raw_history, "item_ids": tf.constant(data["item_ids"][:n]),
+                 "category_ids": tf.constant(data["category_ids"][:n]),
+                 "request_timestamp": timestamp}
+
+  def timed(body):
+    return lambda: tf.nest.map_structure(lambda t: t.numpy(), body())
+
+  return {
+      "eta piece: transform the history (hash, gaps, pad), once": timed(transform),
+      "eta piece: table lookups + XOR/popcount + top_k, N x L": timed(retrieve),
+      "eta piece: attention over the retrieved (distinct rows projected once)":
+          timed(attend),
+      f"eta piece: short DIN branch, N x {short_len}": timed(short),
+      "eta rank, traced in this process (sum of the pieces + head)":
+          timed(lambda: rank(**rank_inputs)),
+  }
+
+
 def prepare_worker(spec: dict[str, Any]):
-  """Sets TensorFlow's threads to 1 first, then builds the timed call."""
+  """Sets TensorFlow's threads to 1 first, then builds the timed calls by label."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
   data = np.load(spec["data"])
   n = spec["num_candidates"]
+  threads = (tf.config.threading.get_intra_op_parallelism_threads(),
+             tf.config.threading.get_inter_op_parallelism_threads())
+  if spec["kind"] == "breakdown":
+    return _breakdown_calls(tf, spec, data), threads
   if spec["kind"] == "floor":
     rng = np.random.default_rng(spec["seed"])
     queries = tf.constant(rng.integers(-(2**63), 2**63 - 1, (n, 1), dtype=np.int64))
@@ -145,29 +210,30 @@ def prepare_worker(spec: dict[str, Any]):
     def call():
       return signature(**inputs)["probabilities"].numpy()
 
-  threads = (tf.config.threading.get_intra_op_parallelism_threads(),
-             tf.config.threading.get_inter_op_parallelism_threads())
-  return call, threads
+  return {spec["label"]: call}, threads
 
 
 def serve_worker(spec: dict[str, Any]) -> None:
   """Worker loop: answers each line "CALLS" on stdin with that many timings.
 
-  Prints one JSON line when ready, then one JSON list of milliseconds per
-  command; exits on "quit" or end of input.
+  Prints one JSON line when ready, then per command one JSON object
+  {label: [milliseconds, ...]} (each call timed CALLS times, in turn);
+  exits on "quit" or end of input.
   """
-  call, threads = prepare_worker(spec)
-  call()  # first call: function instantiation, not timed
+  calls, threads = prepare_worker(spec)
+  for call in calls.values():
+    call()  # first call: function instantiation, not timed
   print(json.dumps({"ready": True, "threads": threads}), flush=True)
   for line in sys.stdin:
     command = line.strip()
     if command == "quit":
       return
-    samples = []
+    samples = {label: [] for label in calls}
     for _ in range(int(command)):
-      started = time.perf_counter()
-      call()
-      samples.append((time.perf_counter() - started) * 1000.0)
+      for label, call in calls.items():
+        started = time.perf_counter()
+        call()
+        samples[label].append((time.perf_counter() - started) * 1000.0)
     print(json.dumps(samples), flush=True)
 
 
@@ -239,7 +305,7 @@ class Worker:
          f"--worker_spec={os.path.join(scratch, f'spec_{index}.json')}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
     )
-    self.samples: list[float] = []
+    self.samples: dict[str, list[float]] = {}
 
   def _answer(self) -> Any:
     line = self.process.stdout.readline()
@@ -259,7 +325,8 @@ class Worker:
     self.process.stdin.flush()
     samples = self._answer()
     if record:
-      self.samples.extend(samples)
+      for label, values in samples.items():
+        self.samples.setdefault(label, []).extend(values)
 
   def close(self) -> None:
     self.process.stdin.write("quit\n")
@@ -269,7 +336,7 @@ class Worker:
 
 
 def time_round_robin(specs: list[dict[str, Any]], scratch: str, first_index: int,
-                     rounds: int) -> list[list[float]]:
+                     rounds: int) -> list[dict[str, list[float]]]:
   """Runs the configurations' workers in turns: `rounds` turns of each.
 
   Turns interleave the configurations, so a change in the machine's load
@@ -330,6 +397,10 @@ def plan(seq_lens: list[int], scratch: str) -> list[dict[str, Any]]:
           "repeats": FLAGS.repeats, "label": label,
       })
     specs.append({
+        **common, "kind": "breakdown", "seq_len": seq_len, "data": data,
+        "repeats": FLAGS.repeats // 2, "label": "eta pieces",
+    })
+    specs.append({
         **common, "kind": "examples", "seq_len": seq_len, "data": data,
         "export_dir": model_dir("eta"), "signature": "serving_default",
         "batch_size": n, "same_user": True, "repeats": FLAGS.examples_repeats,
@@ -374,13 +445,30 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
       "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
   ]
   for row in rows:
-    if row["kind"] == "examples" and not row["same_user"]:
+    if row["kind"] == "breakdown" or (row["kind"] == "examples" and not row["same_user"]):
       continue
     lines.append(
         f"| {row['seq_len']:,} | {row['label']} | {row['p50_ms']:.2f} | "
         f"{row['p99_ms']:.2f} | {row['calls']} | {row['vs_floor']:.1f} | "
         f"{row['candidates_per_s']:,.0f} |"
     )
+  lines += [
+      "",
+      "## Where eta's rank time goes",
+      "",
+      "The same computation in pieces, each a tf.function traced alone in one "
+      "process (the model built in process, not loaded; one thread, "
+      "round-robin with the rows above).",
+      "",
+      "| L | piece | p50 ms | p99 ms | calls |",
+      "| ---: | --- | ---: | ---: | ---: |",
+  ]
+  for row in rows:
+    if row["kind"] == "breakdown":
+      lines.append(
+          f"| {row['seq_len']:,} | {row['label']} | {row['p50_ms']:.2f} | "
+          f"{row['p99_ms']:.2f} | {row['calls']} |"
+      )
   lines += [
       "",
       f"## Throughput with batching (serving_default, L={FLAGS.throughput_seq_len:,}, "
@@ -411,7 +499,10 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  latency_rows = [r for r in rows if r["kind"] != "examples" or r["same_user"]]
+  latency_rows = [
+      r for r in rows
+      if r["kind"] in ("floor", "rank") or (r["kind"] == "examples" and r["same_user"])
+  ]
   labels = list(dict.fromkeys(r["label"] for r in latency_rows))
   seq_lens = sorted({r["seq_len"] for r in latency_rows})
   figure, axis = plt.subplots(figsize=(11, 5.5))
@@ -482,19 +573,21 @@ def run_benchmark() -> None:
     all_samples = time_round_robin(group_specs, scratch, index, FLAGS.rounds)
     load_after = os.getloadavg()[0]
     index += len(group_specs)
-    for spec, samples in zip(group_specs, all_samples):
-      summary = summarise(samples)
+    for spec, samples_by_label in zip(group_specs, all_samples):
       per_call = spec["batch_size"] if spec["kind"] == "examples" else spec["num_candidates"]
-      rows.append({
-          **{k: v for k, v in spec.items() if k not in ("data", "export_dir")},
-          **summary,
-          "candidates_per_s": per_call * 1000.0 / summary["mean_ms"],
-          "load_average_before": load_before,
-          "load_average_after": load_after,
-          "samples_ms": samples,
-      })
-      print(f"L={spec['seq_len']:>6} {spec['label']:<60} p50 {summary['p50_ms']:9.2f} ms "
-            f"p99 {summary['p99_ms']:9.2f} ms", flush=True)
+      for label, samples in samples_by_label.items():
+        summary = summarise(samples)
+        rows.append({
+            **{k: v for k, v in spec.items() if k not in ("data", "export_dir")},
+            "label": label,
+            **summary,
+            "candidates_per_s": per_call * 1000.0 / summary["mean_ms"],
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "samples_ms": samples,
+        })
+        print(f"L={spec['seq_len']:>6} {label:<70} p50 {summary['p50_ms']:9.2f} ms "
+              f"p99 {summary['p99_ms']:9.2f} ms", flush=True)
   floors = {r["seq_len"]: r["p50_ms"] for r in rows if r["kind"] == "floor" and not r["xla"]}
   for row in rows:
     row["vs_floor"] = row["p50_ms"] / floors[row["seq_len"]]

@@ -198,7 +198,7 @@ def _split_heads(layer, projected: tf.Tensor) -> tf.Tensor:
   )
 
 
-def _attend_selected_shared(
+def attend_selected_shared(
     model: model_lib.EtaModel,
     query: tf.Tensor,
     history: Mapping[str, tf.Tensor],
@@ -316,14 +316,14 @@ def _shared_long_interest(
         candidate_signatures, history_signatures, mask, k,
         prefer_recent=model.hamming_top_k.prefer_recent,
     )
-    return _attend_selected_shared(model, query, history, indices, valid)
+    return attend_selected_shared(model, query, history, indices, valid)
   if variant == "exact_topk":
     behaviours = model.item_embedding(hist_items)  # [T, d]
     scores = tf.matmul(candidate_item, behaviours, transpose_b=True)  # [N, T]
     scores = tf.where(mask[tf.newaxis], scores, tf.float32.min)
     indices = tf.math.top_k(scores, k=k).indices
     valid = tf.gather(mask, indices)
-    return _attend_selected_shared(model, query, history, indices, valid)
+    return attend_selected_shared(model, query, history, indices, valid)
   if variant == "sim_hard":
     n = tf.shape(item)[0]
     hist_categories = history[features.HIST_CATEGORY_IDS.name]
@@ -334,7 +334,7 @@ def _shared_long_interest(
         tf.broadcast_to(mask[tf.newaxis], [n, length]),
         k,
     )
-    return _attend_selected_shared(model, query, history, indices, valid)
+    return attend_selected_shared(model, query, history, indices, valid)
   if variant == "full_attention":
     keys = model.behaviour_keys(history)  # [T, Dk], projected once in the layer
     shared = model.long_attention(
@@ -357,6 +357,43 @@ def _long_branch_tail(model_config: config_lib.ModelConfig) -> int:
   if model_config.model in config_lib.TOP_K_VARIANTS:
     return model_config.top_k
   return 1
+
+
+def transform_history(
+    raw_history: Mapping[str, tf.Tensor], request_timestamp: tf.Tensor, window: int
+) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+  """One user's raw history -> the model's padded history features, once.
+
+  The history goes through `transforms.transform_features` as ONE example
+  (so the features are exactly the training ones); its candidate fields are
+  placeholders, since the N candidates are hashed separately with the same
+  `transforms.hash_ids`.
+
+  Args:
+    raw_history: `hist_item_ids`, `hist_category_ids`, `hist_timestamps`,
+      int64 [L] each (equal lengths, oldest first).
+    request_timestamp: int64 scalar, the time gaps' reference.
+    window: output length; only the last `window` behaviours are read.
+
+  Returns:
+    ({name: int64 [window]} for `transforms.SEQUENCE_OUTPUTS}`, left-padded;
+    mask bool [window], True at real behaviours).
+  """
+  one = tf.zeros([1], tf.int64)
+  inputs = {
+      features.USER_ID.name: one,
+      features.ITEM_ID.name: one,
+      features.CATEGORY_ID.name: one,
+      features.TIMESTAMP.name: tf.reshape(request_timestamp, [1]),
+  }
+  for name, values in raw_history.items():
+    inputs[name] = tf.RaggedTensor.from_tensor(
+        tf.reshape(values, [1, -1])[:, -window:]
+    )
+  transformed = transforms.transform_features(inputs, window)
+  history = {name: transformed[name][0] for name in transforms.SEQUENCE_OUTPUTS}
+  mask = model_lib.valid_mask(transformed[transforms.HIST_LENGTH], window)[0]
+  return history, mask
 
 
 def rank_probabilities(
@@ -413,27 +450,13 @@ def rank_probabilities(
   # What the head's log1p(hist_length) reads, as in the batched features.
   hist_length = tf.minimum(raw_length, max_seq_len)
 
-  # The history as ONE example through the training transform, cut first to
-  # the window the variant reads (din: the short sequence only), so nothing
-  # older is hashed. Its candidate fields are placeholders
-  # (transform_features needs them; the N real candidates are hashed above
-  # with the same hash_ids).
+  # Cut first to the window the variant reads (din: the short sequence
+  # only), so nothing older is hashed.
   window = max_seq_len if c.model != "din" else c.short_seq_len
-  one = tf.zeros([1], tf.int64)
-  history_inputs = {
-      features.USER_ID.name: one,
-      features.ITEM_ID.name: one,
-      features.CATEGORY_ID.name: one,
-      features.TIMESTAMP.name: tf.reshape(
-          raw[features.RANK_REQUEST_TIMESTAMP_KEY], [1]
-      ),
-  }
-  for name, values in raw_history.items():
-    history_inputs[name] = tf.RaggedTensor.from_tensor(values[tf.newaxis, -window:])
-  transformed = transforms.transform_features(history_inputs, window)
-  history = {name: transformed[name][0] for name in transforms.SEQUENCE_OUTPUTS}
-  window_length = transformed[transforms.HIST_LENGTH]  # [1]
-  mask = model_lib.valid_mask(window_length, window)[0]  # [window]
+  history, mask = transform_history(
+      raw_history, raw[features.RANK_REQUEST_TIMESTAMP_KEY], window
+  )
+  window_length = tf.minimum(raw_length, window)
 
   candidate_item, query = model.candidate_representation(item, category)
   short_len = c.short_seq_len
@@ -448,7 +471,7 @@ def rank_probabilities(
     # Only the tail holds behaviours (left padding); keep at least what
     # top-k needs so k <= T.
     tail = tf.minimum(
-        tf.maximum(window_length[0], _long_branch_tail(c)), window
+        tf.maximum(window_length, _long_branch_tail(c)), window
     )
     start = window - tail
     tail_history = {name: values[start:] for name, values in history.items()}
