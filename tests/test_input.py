@@ -55,28 +55,30 @@ def test_eval_pass_reads_every_example_once_transformed(tmp_path):
 
 
 def test_training_stream_repeats_shuffles_and_keeps_full_batches(tmp_path):
-  examples = toy_data.make_examples(toy_data.ToyDataConfig(num_examples=30, max_history=10))
+  examples = toy_data.make_examples(toy_data.ToyDataConfig(num_examples=32, max_history=10))
   write_files(tmp_path, examples, shards=2)
   pattern = str(tmp_path / "*.gz")
   dataset = input_lib.make_dataset(
       pattern, batch_size=8, max_seq_len=12, training=True, shuffle_buffer=100, seed=1
   )
-  batches = list(dataset.take(10))  # 80 examples > 30: it must repeat
+  batches = list(dataset.take(16))  # 128 examples: four passes over 32
   assert all(labels.shape[0] == 8 for _, labels in batches)
   assert batches[0][0]["hist_item_ids"].shape == [8, 12]
   keys = [
       key_of({name: b[name][i].numpy() for name in b})
       for b, _ in batches for i in range(8)
   ]
-  # Shuffling happens within an epoch: the first 60 are two permutations.
-  assert set(collections.Counter(keys[:60]).values()) == {2}
-  assert len(set(keys[:30])) == 30
+  assert len(set(keys)) == 32
+  # Each pass is a permutation; the parallel map may only swap neighbouring
+  # batches across a pass boundary, so every example shows up 3 to 5 times.
+  assert set(collections.Counter(keys).values()) <= {3, 4, 5}
   ordered = [
       key_of({name: b[name][i].numpy() for name in b})
       for b, labels in input_lib.make_dataset(pattern, 8, 12, training=False)
       for i in range(labels.shape[0])
   ]
-  assert keys[:30] != ordered
+  assert sorted(ordered) == sorted(set(keys))
+  assert keys[:32] != ordered  # shuffled
 
 
 def test_examples_without_behavior_types_parse_as_views(tmp_path):
