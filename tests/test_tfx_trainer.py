@@ -71,7 +71,7 @@ def transformed_data(tmp_path_factory):
   )
   splits = {"train": examples[:256], "eval": examples[256:]}
   metadata = tft.DatasetMetadata(schema_builder.build_schema(max_seq_len=L))
-  custom = {"max_seq_len": L}
+  custom = {"max_seq_len": L, "history_length_edges": [0, 1, 10, 100, 1000]}
   transform_dir = str(root / "transform_graph")
   with tft_beam.Context(temp_dir=str(root / "tmp")):
     (train_rows, transformed_metadata), transform_fn = (
