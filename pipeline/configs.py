@@ -15,6 +15,7 @@ import re
 from typing import Any, Mapping, Optional
 
 from preprocessing import features
+from preprocessing import typed_config
 
 # Kubeflow (and Vertex) require this form for pipeline names.
 PIPELINE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
@@ -37,8 +38,8 @@ _MANAGED_TRAINER_SETTINGS = frozenset(
 )
 
 
-class ConfigError(ValueError):
-  """A pipeline setting is missing, unknown or out of range."""
+# A pipeline setting is missing, unknown or out of range.
+ConfigError = typed_config.ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,27 +196,13 @@ class PipelineConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "PipelineConfig":
     """Builds a config, refusing keys that are not fields (typos)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ConfigError(
-          f"unknown pipeline setting(s) {unknown}; known: {sorted(known)}"
-      )
-    return cls(**values)
+    return typed_config.from_dict(cls, values, "pipeline setting(s)")
 
   def replace(self, **changes: Any) -> "PipelineConfig":
     return self.from_dict({**dataclasses.asdict(self), **changes})
 
 
-def _check_int(
-    config: PipelineConfig, name: str, minimum: int, maximum: Optional[int] = None
-) -> None:
-  value = getattr(config, name)
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise ConfigError(f"{name} must be an int, got {value!r}")
-  if value < minimum or (maximum is not None and value > maximum):
-    upper = "" if maximum is None else f" and <= {maximum}"
-    raise ConfigError(f"{name} must be >= {minimum}{upper}, got {value}")
+_check_int = typed_config.check_int
 
 
 def parse_date(text: str) -> datetime.date:

@@ -37,6 +37,7 @@ from apache_beam.io.filesystems import FileSystems
 from preprocessing import features
 from preprocessing import raw_logs
 from preprocessing import sequence_builder
+from preprocessing import typed_config
 
 FILE_TYPES: tuple[str, ...] = ("auto", "csv", "parquet")
 SUMMARY_FILE = "summary.json"
@@ -143,13 +144,7 @@ class IngestionConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "IngestionConfig":
     """Builds a config from a dict, rejecting keys it does not know."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(
-          f"unknown ingestion settings {unknown}; known: {sorted(known)}"
-      )
-    return cls(**values)
+    return typed_config.from_dict(cls, values, "ingestion settings")
 
   def timestamp_bounds(self) -> raw_logs.TimestampBounds:
     return raw_logs.TimestampBounds(self.min_timestamp, self.max_timestamp)

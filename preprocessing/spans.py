@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from preprocessing import features
 from preprocessing import ingestion
 from preprocessing import raw_logs
+from preprocessing import typed_config
 
 SECONDS_PER_DAY = 86_400
 _DATE_SPECS = ("{YYYY}", "{MM}", "{DD}")
@@ -97,13 +98,7 @@ class ExampleGenSettings:
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ExampleGenSettings":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(
-          f"unknown ExampleGen settings {unknown}; known: {sorted(known)}"
-      )
-    return cls(**values)
+    return typed_config.from_dict(cls, values, "ExampleGen settings")
 
 
 def has_date_spec(pattern: str) -> bool:

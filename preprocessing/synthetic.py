@@ -45,6 +45,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from preprocessing import features
+from preprocessing import typed_config
 
 SECONDS_PER_DAY = 86_400
 # Share of pv, cart, fav, buy in the Taobao UserBehavior data set.
@@ -158,12 +159,7 @@ class SyntheticConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "SyntheticConfig":
     """Builds a config from a mapping; unknown keys are an error."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(
-          f"unknown SyntheticConfig keys {unknown}; known: {sorted(known)}")
-    return cls(**values)
+    return typed_config.from_dict(cls, values, "SyntheticConfig keys")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, Mapping, Optional, Sequence, TypeVar
 
 from preprocessing import features
+from preprocessing import typed_config
 
 # The model family (see trainer/model.py for what each long branch does).
 VARIANTS: tuple[str, ...] = (
@@ -23,30 +24,15 @@ TOP_K_VARIANTS: tuple[str, ...] = ("eta", "sim_hard", "exact_topk")
 ETA_NUM_BITS: tuple[int, ...] = (16, 32, 48, 64, 128)
 
 
-class ConfigError(ValueError):
-  """A model or training setting is unknown, missing or out of range."""
-
-
 _ConfigT = TypeVar("_ConfigT")
+
+# A model or training setting is unknown, missing or out of range.
+ConfigError = typed_config.ConfigError
+_check_int = typed_config.check_int
 
 
 def _from_dict(cls: type[_ConfigT], values: Mapping[str, Any]) -> _ConfigT:
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - known)
-  if unknown:
-    raise ConfigError(
-        f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(known)}"
-    )
-  return cls(**values)
-
-
-def _check_int(owner: Any, name: str, minimum: int, maximum: Optional[int] = None) -> None:
-  value = getattr(owner, name)
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise ConfigError(f"{name} must be an int, got {value!r}")
-  if value < minimum or (maximum is not None and value > maximum):
-    upper = "" if maximum is None else f" and <= {maximum}"
-    raise ConfigError(f"{name} must be >= {minimum}{upper}, got {value}")
+  return typed_config.from_dict(cls, values, f"{cls.__name__} setting(s)")
 
 
 def _check_float(owner: Any, name: str, low: float, high: float, high_open: bool = False) -> None:
