@@ -29,8 +29,9 @@ Network (ETA, arXiv 2108.04468):
 End to end (ETA's point): signatures are recomputed from the current item
 embeddings at every step; no gradient flows through sign or top-k, the
 embeddings learn through the attention over what was retrieved. Signatures
-are computed once per distinct item id of the batch (tf.unique), not per
-history position, which makes hashing cheap next to the attention.
+are computed once per distinct item id of the batch (a presence count over
+the item table), not per history position, which makes hashing cheap next to
+the attention.
 
 Retrieval and attention run inside `tf.function(jit_compile=True)` when
 `ModelConfig.jit_compile` is set (static shapes: L and k are fixed). Export
@@ -213,20 +214,26 @@ class EtaModel(tfrs.models.Model):
   def item_signatures(self, item_ids: tf.Tensor) -> tf.Tensor:
     """SimHash signatures of item slots, hashing each distinct slot once.
 
+    The slots in use are found with a presence count over the item table
+    (bincount), hashed, scattered into a [buckets, W] table and gathered
+    back: linear in the number of ids and in the table size. (tf.unique
+    gives the same result but its hash table slows down past ~10^6 ids:
+    166 ms vs 44 ms at B=256, L=4096 on 2 cores.)
+
     Args:
-      item_ids: int64 [...] item slots.
+      item_ids: int64 [...] item slots in [0, ITEM_ID.buckets).
 
     Returns:
       int64 [..., num_words] packed signatures of the CURRENT item embeddings
       (no gradient).
     """
-    unique_ids, position = tf.unique(tf.reshape(item_ids, [-1]))
-    rows = tf.stop_gradient(self.item_embedding(unique_ids))
-    signatures = tf.gather(self.simhash(rows), position)
-    return tf.reshape(
-        signatures,
-        tf.concat([tf.shape(item_ids), [self.simhash.num_words]], axis=0),
+    rows = _rows_in_use(item_ids, self.item_embedding.input_dim)
+    signatures = self.simhash(tf.stop_gradient(self.item_embedding(rows)))
+    table = tf.scatter_nd(
+        rows[:, tf.newaxis], signatures,
+        [self.item_embedding.input_dim, self.simhash.num_words],
     )
+    return tf.gather(table, item_ids)
 
   def item_category_signatures(self, item_ids: tf.Tensor, category_ids: tf.Tensor) -> tf.Tensor:
     """SDIM signatures of [item emb, category emb], each distinct pair hashed once.
@@ -432,9 +439,8 @@ class EtaModel(tfrs.models.Model):
         (self.category_embedding, (features.CATEGORY_ID.name, features.HIST_CATEGORY_IDS.name)),
     ):
       ids = tf.concat([tf.reshape(inputs[name], [-1]) for name in names], axis=0)
-      unique_ids, _ = tf.unique(ids)
-      rows = table(tf.boolean_mask(unique_ids, unique_ids > 0))
-      penalty += tf.reduce_sum(tf.square(rows))
+      rows = _rows_in_use(ids, table.input_dim)
+      penalty += tf.reduce_sum(tf.square(table(tf.boolean_mask(rows, rows > 0))))
     return penalty
 
   def get_config(self) -> dict[str, Any]:
@@ -443,6 +449,14 @@ class EtaModel(tfrs.models.Model):
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> "EtaModel":
     return cls(config_lib.ModelConfig.from_dict(config["model_config"]))
+
+
+def _rows_in_use(ids: tf.Tensor, rows: int) -> tf.Tensor:
+  """int64 [n] sorted distinct values of `ids` (slots in [0, rows))."""
+  present = tf.math.bincount(
+      tf.cast(tf.reshape(ids, [-1]), tf.int32), minlength=rows, maxlength=rows
+  )
+  return tf.where(present > 0)[:, 0]
 
 
 def valid_mask(hist_length: tf.Tensor, max_seq_len: int) -> tf.Tensor:
