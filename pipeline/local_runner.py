@@ -7,10 +7,19 @@ DirectRunner in multi-processing mode.
 At the end it prints where the model was pushed (or why it was not) and its
 metrics against the baseline, read from ML Metadata and the Evaluator's
 output. An interrupted run resumes from the components that completed.
-Rerunning a date reuses the cached data half (ExampleGen .. Transform: no
-duplicated span); if that date's first run pushed a model, the Trainer runs
-again, because its warm-start input is now that model, and the result is
-pushed only if it beats the served model (see pipeline/pipeline.py).
+Rerunning a date is idempotent: before running, the runner looks in ML
+Metadata for a run with the same settings (a fingerprint of the
+PipelineConfig, recorded on each run's context) over the same input (the
+span and input fingerprint TFX's ExampleGen driver would compute now) whose
+Pusher completed; if there is one it prints that run's outcome (where it
+pushed, or why not) and exits with the same status without running.
+`--force_rerun` runs anyway: the data half (ExampleGen .. Transform) is then
+reused from the cache (no duplicated span) and the Trainer trains again,
+warm-started from the model that run pushed, because that changed its input.
+On Kubeflow the compiled pipeline has no such guard (each scheduled run
+takes the newest span, and KFP's cache misses the Trainer for the same
+reason); the equivalent is to make the same check before submitting a run,
+against the cluster's ML Metadata (not implemented here).
 Exit status: 0 pushed, 3 not pushed (blocked by a gate), 1 other errors.
 """
 
@@ -44,6 +53,10 @@ flags.DEFINE_multi_string("beam_pipeline_args", None, "Beam options (repeat the 
 flags.DEFINE_multi_string(
     "hparam", None, "Extra trainer setting NAME=VALUE (JSON value), repeatable; "
     "unknown names are refused by the trainer's config.",
+)
+flags.DEFINE_bool(
+    "force_rerun", False, "Run even when a run with the same settings over the "
+    "same input already completed its Pusher (otherwise its outcome is printed).",
 )
 
 EXIT_NOT_PUSHED = 3
@@ -97,6 +110,95 @@ def check_schema_bound(config: configs.PipelineConfig) -> None:
     )
 
 
+def config_fingerprint(config: configs.PipelineConfig) -> str:
+  """sha256 of every setting and of the schema file's content: runs with
+  equal fingerprints ran the same thing (our code aside: after a code change,
+  rerun with --force_rerun)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  digest = hashlib.sha256(
+      json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode()
+  )
+  with tf.io.gfile.GFile(config.schema_path, "rb") as f:
+    digest.update(f.read())
+  return digest.hexdigest()
+
+
+def input_span_and_fingerprint(config: configs.PipelineConfig) -> tuple[int, str]:
+  """The span a run of `config` reads and its input fingerprint, computed as
+  TFX's ExampleGen driver does (file names, sizes and mtimes of the span).
+
+  Raises:
+    ValueError: no input file for the span (TFX's message).
+  """
+  from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
+  from tfx.components.example_gen import utils as example_gen_utils  # pylint: disable=g-import-not-at-top
+  from tfx.proto import example_gen_pb2  # pylint: disable=g-import-not-at-top
+  from tfx.proto import range_config_pb2  # pylint: disable=g-import-not-at-top
+
+  from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+
+  properties = pipeline_lib.example_gen_component(config).exec_properties
+  input_config = json_format.Parse(properties["input_config"], example_gen_pb2.Input())
+  range_config = None
+  if properties.get("range_config"):
+    range_config = json_format.Parse(
+        properties["range_config"], range_config_pb2.RangeConfig()
+    )
+  fingerprint, span, _ = example_gen_utils.calculate_splits_fingerprint_span_and_version(
+      properties["input_base"], input_config.splits, range_config
+  )
+  return span, fingerprint
+
+
+def completed_run(config: configs.PipelineConfig) -> Optional[str]:
+  """The id of a run of `config` over the current input whose Pusher
+  completed (see `run_report.find_completed_run`), or None."""
+  import os  # pylint: disable=g-import-not-at-top
+
+  from pipeline import run_report  # pylint: disable=g-import-not-at-top
+
+  if not os.path.exists(config.resolved_metadata_path):
+    return None
+  try:
+    span, fingerprint = input_span_and_fingerprint(config)
+  except ValueError:
+    # No input for the span: nothing can match; the run reports the error.
+    return None
+  return run_report.find_completed_run(
+      run_report.connect(config.resolved_metadata_path), config.pipeline_name,
+      config_fingerprint(config), span, fingerprint,
+  )
+
+
+def _writable_store(config: configs.PipelineConfig):
+  from ml_metadata import metadata_store  # pylint: disable=g-import-not-at-top
+  from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+
+  connection = metadata_store_pb2.ConnectionConfig()
+  connection.sqlite.filename_uri = config.resolved_metadata_path
+  return metadata_store.MetadataStore(connection)
+
+
+def tag_new_run(config: configs.PipelineConfig, earlier_run_ids: Sequence[str]) -> None:
+  """Records the config fingerprint on the run LocalDagRunner just made (none
+  when it failed before starting one)."""
+  from pipeline import run_report  # pylint: disable=g-import-not-at-top
+
+  store = _writable_store(config)
+  ids = run_report.run_ids(store)
+  if not ids or ids[-1] in earlier_run_ids:
+    return
+  context = store.get_context_by_type_and_name("pipeline_run", ids[-1])
+  context.custom_properties[run_report.CONFIG_FINGERPRINT_PROPERTY].string_value = (
+      config_fingerprint(config)
+  )
+  store.put_contexts([context])
+
+
 def run(config: configs.PipelineConfig):
   """Runs the pipeline once; returns (run report, error or None)."""
   import os  # pylint: disable=g-import-not-at-top
@@ -111,6 +213,7 @@ def run(config: configs.PipelineConfig):
   metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(
       config.resolved_metadata_path
   )
+  earlier_run_ids = run_report.run_ids(_writable_store(config))
   error = None
   try:
     tfx.orchestration.LocalDagRunner().run(
@@ -120,8 +223,19 @@ def run(config: configs.PipelineConfig):
     # A failed component (the data gate, a crash) ends the run; the report
     # below says which and MLMD keeps what completed for the next run.
     error = e
+  tag_new_run(config, earlier_run_ids)
   report = run_report.report(config.resolved_metadata_path, config.pipeline_name)
   return report, error
+
+
+def exit_status(report, error) -> int:
+  if report.pushed:
+    return 0
+  # Blocked by a gate (bad data, a worse model, a failed infra check): the
+  # pipeline did its job; anything else is an error.
+  if error is None or report.states.get("DataGate") == "FAILED":
+    return EXIT_NOT_PUSHED
+  return 1
 
 
 def main(argv: Sequence[str]) -> Optional[int]:
@@ -131,17 +245,26 @@ def main(argv: Sequence[str]) -> Optional[int]:
   environment.check_environment()
   config = config_from_flags()
   print("pipeline config:", {k: v for k, v in dataclasses.asdict(config).items()})
+  if not FLAGS.force_rerun:
+    previous = completed_run(config)
+    if previous is not None:
+      from pipeline import run_report  # pylint: disable=g-import-not-at-top
+
+      report = run_report.report(
+          config.resolved_metadata_path, config.pipeline_name, previous
+      )
+      print(
+          f"NOT RERUN: run {previous} already ran these settings over the same "
+          "input (span and input fingerprint) through the Pusher; nothing was "
+          "trained or pushed now. Its outcome (--force_rerun to run again):"
+      )
+      print(report.format())
+      return exit_status(report, None)
   report, error = run(config)
   print(report.format())
   if error is not None:
     print(f"run error: {type(error).__name__}: {error}", file=sys.stderr)
-  if report.pushed:
-    return 0
-  # Blocked by a gate (bad data, a worse model, a failed infra check): the
-  # pipeline did its job; anything else is an error.
-  if error is None or report.states.get("DataGate") == "FAILED":
-    return EXIT_NOT_PUSHED
-  return 1
+  return exit_status(report, error)
 
 
 if __name__ == "__main__":

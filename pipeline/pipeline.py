@@ -15,12 +15,16 @@ runner (KubeflowV2DagRunner).
 
 Reruns. TFX caching makes a rerun of a date reuse ExampleGen (same span and
 input fingerprint: no duplicated span), StatisticsGen, ExampleValidator, the
-gate and Transform. The Trainer is reused too unless its warm-start input
-changed: after a run that pushed, the latest blessed model is that run's own
-model, so a rerun of the same date trains again (warm-started from it) and
-the Evaluator pushes the result only if it is not worse than it. A
-resolver that skips models trained on the same span would need a custom
-ResolverStrategy, which KubeflowV2DagRunner cannot compile. Module functions are named by dotted path, so
+gate and Transform. The Trainer alone cannot be reused by caching after a
+run that pushed: its warm-start input (the latest blessed model) is now that
+run's own model. Resolving "the latest model pushed for an earlier span"
+would need another resolver strategy, and KubeflowV2DagRunner compiles only
+LatestArtifactStrategy and LatestBlessedModelStrategy resolvers (its
+step_builder), so the local runner makes reruns idempotent instead: before running,
+it looks in ML Metadata for a run with the same settings and the same span
+and input fingerprint whose Pusher completed, prints that run's outcome and
+exits with its status (`--force_rerun` runs anyway); see
+pipeline/local_runner.py. Module functions are named by dotted path, so
 this module imports no trainer code.
 """
 
@@ -156,7 +160,9 @@ INPUT_PATTERNS: dict[str, dict[str, str]] = {
 }
 
 
-def _example_gen(config: configs.PipelineConfig):
+def example_gen_component(config: configs.PipelineConfig):
+  """The ingestion ExampleGen of `config` (the local runner reads its input
+  settings to fingerprint a date's input before running)."""
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
   from preprocessing import example_gen  # pylint: disable=g-import-not-at-top
@@ -203,7 +209,7 @@ def create_pipeline(
 
   from pipeline import components  # pylint: disable=g-import-not-at-top
 
-  example_gen = _example_gen(config)
+  example_gen = example_gen_component(config)
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs["examples"], stats_options=stats_options()
   ).with_id(STATISTICS_GEN)

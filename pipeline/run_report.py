@@ -208,3 +208,43 @@ def report(metadata_path: str, pipeline_name: str, run_id: Optional[str] = None)
         with open(path) as f:
           out.infra_reasons = list(json.load(f).get("reasons", []))
   return out
+
+
+# Custom property the local runner sets on each pipeline_run context it ran:
+# the fingerprint of the run's PipelineConfig.
+CONFIG_FINGERPRINT_PROPERTY = "config_fingerprint"
+
+
+def find_completed_run(
+    store, pipeline_name: str, config_fingerprint: str, span: int,
+    input_fingerprint: str,
+) -> Optional[str]:
+  """The latest run with these settings whose Pusher completed, over the
+  same input: its ExampleGen output has `span` and `input_fingerprint` (what
+  TFX's ExampleGen driver records on the Examples artifact). None if none.
+
+  A completed Pusher means the run went through every gate: it pushed, or
+  recorded why not (a blessing it did not get).
+  """
+  from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+
+  done = {metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED}
+  for run_id in reversed(run_ids(store)):
+    run = store.get_context_by_type_and_name(_PIPELINE_RUN_CONTEXT, run_id)
+    tagged = run.custom_properties.get(CONFIG_FINGERPRINT_PROPERTY)
+    if tagged is None or tagged.string_value != config_fingerprint:
+      continue
+    executions = node_executions(store, pipeline_name, run_id)
+    pusher = executions.get("Pusher")
+    example_gen = executions.get("ExampleGen")
+    if pusher is None or example_gen is None or pusher.last_known_state not in done:
+      continue
+    for examples in output_artifacts(store, example_gen).get("examples", []):
+      properties = examples.custom_properties
+      if (
+          "span" in properties and properties["span"].int_value == span
+          and "input_fingerprint" in properties
+          and properties["input_fingerprint"].string_value == input_fingerprint
+      ):
+        return run_id
+  return None

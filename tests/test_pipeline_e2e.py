@@ -5,8 +5,10 @@ One scenario, in order, on one pipeline root:
   1. a run is killed once Transform has completed; the rerun resumes from
      the cached components, trains, blesses and pushes a model that loads in
      a process importing only TensorFlow and scores held-out examples;
-  2. a clearly worse model (avgpool, 1 step, no warm start) is not pushed and
-     the served version stays.
+  2. rerunning that date with the same settings trains and pushes nothing:
+     the runner prints the pushed run's outcome from ML Metadata;
+  3. a clearly worse model (avgpool, 1 step, no warm start) is not pushed and
+     the served version stays; rerunning it reports the same refusal.
 Separately: corrupt input (a garbage shard, a string in an id column,
 histories longer than the schema allows) stops the run at the data gate,
 before Transform; nothing is pushed.
@@ -199,6 +201,52 @@ def test_full_run_pushes_a_model_that_loads_and_scores(workspace, first_run):
   assert _auc(scored["labels"], scored["p"]) == pytest.approx(candidate["auc"], abs=0.02)
 
 
+def _artifact_counts(metadata):
+  store = run_report.connect(metadata)
+  return {
+      "runs": run_report.run_ids(store),
+      "models": len(store.get_artifacts_by_type("Model")),
+      "pushed": len(store.get_artifacts_by_type("PushedModel")),
+  }
+
+
+def test_rerun_of_a_pushed_date_trains_and_pushes_nothing(workspace, first_run):
+  metadata = os.path.join(workspace["pipeline_root"], "metadata.sqlite")
+  before = _artifact_counts(metadata)
+  versions = _versions(workspace["serving"])
+  done = _run_cli(_flags(workspace))
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  assert f"NOT RERUN: run {first_run['report'].run_id} already ran" in done.stdout
+  served = os.path.join(workspace["serving"], versions[0])
+  assert f"PUSHED to {served}" in done.stdout
+  assert _artifact_counts(metadata) == before
+  assert _versions(workspace["serving"]) == versions
+
+
+def test_rerun_guard_needs_the_same_input_and_settings(workspace, first_run):
+  from pipeline import local_runner
+
+  values = {
+      "data_root": workspace["data"], "pipeline_root": workspace["pipeline_root"],
+      "serving_model_dir": workspace["serving"], "date": DATE, "max_seq_len": MAX_SEQ_LEN,
+      "schema_path": workspace["schema"], "rolling_window_days": 4, "train_steps": 300,
+      "model": "eta", "eval_steps": 4, "batch_size": 64, "hyperparameters": {"top_k": 16},
+  }
+  config = configs.PipelineConfig.from_dict(values)
+  assert local_runner.completed_run(config) == first_run["report"].run_id
+  assert local_runner.completed_run(config.replace(train_steps=301)) is None
+  # A rewritten input file of the span (new mtime: a new input fingerprint
+  # for ExampleGen) is a new input: the guard lets the run happen.
+  span_file = os.path.join(workspace["data"], "impressions", DATE.replace("-", "") + ".csv")
+  stat = os.stat(span_file)
+  os.utime(span_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))
+  try:
+    assert local_runner.completed_run(config) is None
+  finally:
+    os.utime(span_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert local_runner.completed_run(config) == first_run["report"].run_id
+
+
 def test_worse_model_is_not_pushed(workspace, first_run):
   before = _versions(workspace["serving"])
   done = _run_cli(_flags(workspace, model="avgpool", train_steps=1, warm_start="false"))
@@ -216,6 +264,15 @@ def test_worse_model_is_not_pushed(workspace, first_run):
   examples = [a for a in store.get_artifacts_by_type("Examples") if "/ExampleGen/" in a.uri]
   assert len(examples) == 1
   assert examples[0].custom_properties["span"].int_value == configs.span_of_date(configs.parse_date(DATE))
+  # Rerunning the blocked run: the same refusal, from ML Metadata.
+  metadata = os.path.join(workspace["pipeline_root"], "metadata.sqlite")
+  counts = _artifact_counts(metadata)
+  again = _run_cli(_flags(workspace, model="avgpool", train_steps=1, warm_start="false"))
+  assert again.returncode == 3, again.stdout[-3000:] + again.stderr[-3000:]
+  assert f"NOT RERUN: run {report.run_id} already ran" in again.stdout
+  assert "NOT PUSHED: the Evaluator did not bless the model" in again.stdout
+  assert _artifact_counts(metadata) == counts
+  assert _versions(workspace["serving"]) == before
 
 
 def test_corrupt_input_stops_before_training(tmp_path):
