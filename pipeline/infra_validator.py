@@ -7,12 +7,14 @@ without the server binary:
 1. It copies the candidate SavedModel to `<blessing>/stamped_model/` and
    writes TF Serving warm-up requests (`assets.extra/tf_serving_warmup_requests`,
    a TFRecord of PredictionLog with `serving_default` PredictRequests built
-   from held-out examples, labels removed) into that copy.
+   from held-out examples, labels removed) into that copy. When the model
+   has the `rank` signature, one more request for it: the held-out user with
+   the longest history and the first few held-out candidates.
 2. It runs `pipeline/infra_check.py` in a separate isolated process
    (`python -I`, cwd outside the repository: it can import only TensorFlow and
-   the TF Serving protos), which loads the copy, checks the signature's input
-   and output spec and replays every warm-up request, checking that outputs
-   are finite and in [0, 1].
+   the TF Serving protos), which loads the copy, checks the signatures' input
+   and output specs and replays every warm-up request, checking that outputs
+   are finite, in [0, 1] and one per example or candidate.
 3. It emits an InfraBlessing with `blessed` = 1 or 0 and, when blessed,
    `has_model` = 1: the Pusher (given no `model` input) then pushes the
    stamped copy, so the warm-up file ends up in the served version directory,
@@ -31,7 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Sequence
+from typing import Optional, Sequence
 
 from preprocessing import features
 
@@ -44,6 +46,22 @@ HAS_MODEL_KEY = "has_model"
 INPUT_NAME = features.SERVING_EXAMPLES_KEY
 # One request per this many examples, as TF Serving replays them one by one.
 REQUEST_BATCH_SIZE = 8
+# Candidates in the `rank` warm-up request.
+RANK_CANDIDATES = 4
+RANK_HISTORY_FEATURES = (
+    features.HIST_ITEM_IDS, features.HIST_CATEGORY_IDS, features.HIST_TIMESTAMPS
+)
+
+
+def rank_input_spec() -> dict[str, list]:
+  """The `rank` signature's contract as infra_check reports specs: int64 [N]
+  or [L] lists and the int64 scalar request time (as trainer.serving_signatures
+  exports it)."""
+  spec = {f.name: ["int64", [None]] for f in RANK_HISTORY_FEATURES}
+  spec[features.RANK_ITEM_IDS_KEY] = ["int64", [None]]
+  spec[features.RANK_CATEGORY_IDS_KEY] = ["int64", [None]]
+  spec[features.RANK_REQUEST_TIMESTAMP_KEY] = ["int64", []]
+  return spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +98,72 @@ def read_examples(
   return serialized
 
 
+def signature_names(model_dir: str) -> set[str]:
+  """Signature names in `model_dir/saved_model.pb`, read from the proto (the
+  model is not loaded in this process); empty when there is no such file."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(model_dir, "saved_model.pb")
+  if not tf.io.gfile.exists(path):
+    return set()
+  saved_model = saved_model_pb2.SavedModel()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    saved_model.ParseFromString(f.read())
+  return {name for graph in saved_model.meta_graphs for name in graph.signature_def}
+
+
+def rank_request_inputs(
+    serialized_examples: Sequence[bytes], num_candidates: int = RANK_CANDIDATES
+) -> dict:
+  """One `rank` request from held-out examples: the history of the example
+  with the longest one (the first such), its impression time as the request
+  time, and the candidates of the first `num_candidates` examples.
+
+  Returns:
+    {input name: numpy int64 array}: [L] history lists, [N] candidates, a
+    scalar request time.
+
+  Raises:
+    ValueError: no example, or one lacks a candidate or time feature.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  if not serialized_examples:
+    raise ValueError("no held-out example to build a rank request from")
+  parsed = [tf.train.Example.FromString(s) for s in serialized_examples]
+
+  def values(example, name):
+    feature = example.features.feature
+    return list(feature[name].int64_list.value) if name in feature else []
+
+  def scalar(example, name):
+    found = values(example, name)
+    if len(found) != 1:
+      raise ValueError(f"held-out example has {len(found)} values of {name!r}, expected 1")
+    return found[0]
+
+  user = max(parsed, key=lambda e: len(values(e, features.HIST_ITEM_IDS.name)))
+  candidates = parsed[:num_candidates]
+  inputs = {
+      f.name: np.array(values(user, f.name), np.int64) for f in RANK_HISTORY_FEATURES
+  }
+  inputs[features.RANK_ITEM_IDS_KEY] = np.array(
+      [scalar(e, features.ITEM_ID.name) for e in candidates], np.int64)
+  inputs[features.RANK_CATEGORY_IDS_KEY] = np.array(
+      [scalar(e, features.CATEGORY_ID.name) for e in candidates], np.int64)
+  inputs[features.RANK_REQUEST_TIMESTAMP_KEY] = np.array(
+      scalar(user, features.TIMESTAMP.name), np.int64)
+  return inputs
+
+
 def write_warmup_requests(
-    path: str, serialized_examples: Sequence[bytes], batch_size: int = REQUEST_BATCH_SIZE
+    path: str, serialized_examples: Sequence[bytes], batch_size: int = REQUEST_BATCH_SIZE,
+    rank_inputs: Optional[dict] = None,
 ) -> int:
-  """Writes PredictionLog warm-up requests for `serving_default`; returns their count."""
+  """Writes PredictionLog warm-up requests for `serving_default` (and one for
+  `rank` with `rank_inputs` when given); returns their count."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.apis import model_pb2  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
@@ -105,6 +185,16 @@ def write_warmup_requests(
       )
       writer.write(log.SerializeToString())
       count += 1
+    if rank_inputs is not None:
+      request = predict_pb2.PredictRequest(
+          model_spec=model_pb2.ModelSpec(signature_name=features.RANK_SIGNATURE)
+      )
+      for name, value in rank_inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+      writer.write(prediction_log_pb2.PredictionLog(
+          predict_log=prediction_log_pb2.PredictLog(request=request)
+      ).SerializeToString())
+      count += 1
   return count
 
 
@@ -112,7 +202,10 @@ def run_isolated_check(
     model_dir: str, warmup_file: str, output_key: str = features.PROBABILITIES_KEY,
     timeout_seconds: int = 300,
 ) -> dict:
-  """Runs infra_check.py in a fresh isolated Python; returns its JSON report."""
+  """Runs infra_check.py in a fresh isolated Python; returns its JSON report.
+
+  The `rank` signature, when the model has it, is checked against
+  `rank_input_spec()`."""
   with tempfile.TemporaryDirectory() as workdir:
     report_path = os.path.join(workdir, "report.json")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -120,6 +213,9 @@ def run_isolated_check(
         sys.executable, "-I", CHECK_SCRIPT,
         f"--model_dir={model_dir}", f"--warmup_file={warmup_file}",
         f"--output_key={output_key}", f"--report={report_path}",
+        f"--rank_signature={features.RANK_SIGNATURE}",
+        f"--rank_inputs={json.dumps(rank_input_spec())}",
+        f"--rank_candidates_input={features.RANK_ITEM_IDS_KEY}",
     ]
     try:
       done = subprocess.run(
@@ -154,9 +250,19 @@ def validate(
     tf.io.gfile.rmtree(stamped)
   _copy_tree(model_dir, stamped)
   warmup_file = os.path.join(stamped, WARMUP_RELATIVE_PATH)
-  requests = write_warmup_requests(warmup_file, serialized_examples)
+  rank_inputs, rank_problem = None, None
+  if features.RANK_SIGNATURE in signature_names(stamped):
+    try:
+      rank_inputs = rank_request_inputs(serialized_examples)
+    except ValueError as e:
+      rank_problem = f"cannot build a {features.RANK_SIGNATURE} request: {e}"
+  requests = write_warmup_requests(
+      warmup_file, serialized_examples, rank_inputs=rank_inputs)
   report = run_isolated_check(stamped, warmup_file, output_key, timeout_seconds)
   report["warmup_requests_written"] = requests
+  if rank_problem:
+    report["ok"] = False
+    report.setdefault("reasons", []).append(rank_problem)
   blessed = bool(report.get("ok")) and report.get("requests") == requests
   if report.get("ok") and not blessed:
     report.setdefault("reasons", []).append(

@@ -1,5 +1,7 @@
 """Offline infra validation on tiny real SavedModels: a good one is blessed and
-carries warm-up requests; broken ones are refused with a reason."""
+carries warm-up requests; broken ones are refused with a reason. Models with
+a `rank` signature get a rank request built from held-out examples, and a
+rank that returns values outside [0, 1] or takes other inputs is refused."""
 
 import os
 
@@ -9,6 +11,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from pipeline import infra_validator
+from preprocessing import features
 
 SPEC = {"item_id": tf.io.FixedLenFeature([1], tf.int64)}
 
@@ -57,8 +60,17 @@ def examples_file(tmp_path_factory):
   with tf.io.TFRecordWriter(path, options="GZIP") as writer:
     for i in range(11):
       example = tf.train.Example()
-      example.features.feature["item_id"].int64_list.value.append(100 + i)
-      example.features.feature["label"].int64_list.value.append(i % 2)
+      feature = example.features.feature
+      feature["item_id"].int64_list.value.append(100 + i)
+      feature["category_id"].int64_list.value.append(i % 3)
+      feature["timestamp"].int64_list.value.append(1_000_000 + i)
+      feature["label"].int64_list.value.append(i % 2)
+      # Example i has a history of (i * 7) % 11 behaviours: example 3 the longest (10).
+      length = (i * 7) % 11
+      feature["hist_item_ids"].int64_list.value.extend(range(500 + i, 500 + i + length))
+      feature["hist_category_ids"].int64_list.value.extend([i % 3] * length)
+      feature["hist_timestamps"].int64_list.value.extend(
+          range(900_000, 900_000 + length))
       writer.write(example.SerializeToString())
   return path
 
@@ -124,3 +136,125 @@ def test_missing_model_is_reported(tmp_path):
   report = infra_validator.run_isolated_check(
       str(tmp_path / "nope"), str(tmp_path / "nope.tfrecord"))
   assert not report["ok"] and "load failed" in report["reasons"][0]
+
+
+_RANK_SPECS = [
+    tf.TensorSpec([None], tf.int64, name=features.HIST_ITEM_IDS.name),
+    tf.TensorSpec([None], tf.int64, name=features.HIST_CATEGORY_IDS.name),
+    tf.TensorSpec([None], tf.int64, name=features.HIST_TIMESTAMPS.name),
+    tf.TensorSpec([None], tf.int64, name=features.RANK_ITEM_IDS_KEY),
+    tf.TensorSpec([None], tf.int64, name=features.RANK_CATEGORY_IDS_KEY),
+    tf.TensorSpec([], tf.int64, name=features.RANK_REQUEST_TIMESTAMP_KEY),
+]
+
+
+def _rank_logits(hist_item_ids, item_ids, category_ids, request_timestamp):
+  history = tf.cast(tf.size(hist_item_ids), tf.float32)
+  seconds = tf.cast(request_timestamp - 1_000_000, tf.float32)
+  return (tf.cast(item_ids - 100, tf.float32) * 0.1 + tf.cast(category_ids, tf.float32)
+          + 0.01 * history - 0.001 * seconds)
+
+
+def _rank_good(hist_item_ids, hist_category_ids, hist_timestamps, item_ids,
+               category_ids, request_timestamp):
+  del hist_category_ids, hist_timestamps
+  logits = _rank_logits(hist_item_ids, item_ids, category_ids, request_timestamp)
+  return {"probabilities": tf.sigmoid(logits)}
+
+
+def _rank_out_of_range(hist_item_ids, hist_category_ids, hist_timestamps, item_ids,
+                       category_ids, request_timestamp):
+  del hist_category_ids, hist_timestamps
+  return {"probabilities": 1.0 + _rank_logits(
+      hist_item_ids, item_ids, category_ids, request_timestamp) ** 2}
+
+
+def _rank_one_output(hist_item_ids, hist_category_ids, hist_timestamps, item_ids,
+                     category_ids, request_timestamp):
+  probabilities = _rank_good(hist_item_ids, hist_category_ids, hist_timestamps,
+                             item_ids, category_ids, request_timestamp)["probabilities"]
+  return {"probabilities": probabilities[:1]}
+
+
+def _rank_float_candidates(hist_item_ids, hist_category_ids, hist_timestamps, item_ids,
+                           category_ids, request_timestamp):
+  del hist_category_ids, hist_timestamps
+  return {"probabilities": tf.sigmoid(
+      item_ids * 0.1 + tf.cast(category_ids + request_timestamp + tf.size(
+          hist_item_ids, out_type=tf.int64), tf.float32) * 0.0)}
+
+
+def _save_with_rank(path, rank_fn, rank_specs=None):
+  module = tf.Module()
+  module.serve = tf.function(_good, input_signature=_string_input())
+  module.rank = tf.function(rank_fn, input_signature=rank_specs or _RANK_SPECS)
+  tf.saved_model.save(module, path, signatures={
+      "serving_default": module.serve, features.RANK_SIGNATURE: module.rank})
+  return path
+
+
+def test_rank_request_is_the_longest_history_and_first_candidates(examples_file):
+  examples = infra_validator.read_examples([examples_file], limit=11)
+  got = infra_validator.rank_request_inputs(examples, num_candidates=4)
+  # Hand count: example 3 has the longest history, (3 * 7) % 11 = 10 behaviours.
+  assert got["hist_item_ids"].tolist() == list(range(503, 513))
+  assert got["hist_category_ids"].tolist() == [0] * 10
+  assert got["hist_timestamps"].tolist() == list(range(900_000, 900_010))
+  assert got["request_timestamp"].shape == () and int(got["request_timestamp"]) == 1_000_003
+  assert got["item_ids"].tolist() == [100, 101, 102, 103]
+  assert got["category_ids"].tolist() == [0, 1, 2, 0]
+  bare = tf.train.Example()
+  bare.features.feature["hist_item_ids"].int64_list.value.append(1)
+  with pytest.raises(ValueError, match="'item_id'"):
+    infra_validator.rank_request_inputs([bare.SerializeToString()])
+
+
+def test_model_with_rank_is_blessed_after_calling_rank(tmp_path, examples_file):
+  model_dir = _save_with_rank(str(tmp_path / "model"), _rank_good)
+  examples = infra_validator.read_examples([examples_file], limit=11)
+  out = str(tmp_path / "blessing")
+  os.makedirs(out)
+  result = infra_validator.validate(model_dir, examples, out)
+  assert result.blessed, result.reasons
+  assert result.report["rank_inputs"] == {
+      "hist_item_ids": ["int64", [None]], "hist_category_ids": ["int64", [None]],
+      "hist_timestamps": ["int64", [None]], "item_ids": ["int64", [None]],
+      "category_ids": ["int64", [None]], "request_timestamp": ["int64", []],
+  }
+  assert result.report["rank_outputs"] == {"probabilities": ["float32", [None]]}
+  assert result.report["rank_requests"] == 1 and result.report["rank_candidates"] == 4
+  # 2 serving_default requests (8 + 3 examples) and the rank request.
+  assert result.report["requests"] == 3 == result.report["warmup_requests_written"]
+  # Independent recomputation: user = example 3 (10 behaviours, t = 1,000,003),
+  # candidates items 100..103 with categories 0, 1, 2, 0.
+  logits = (np.arange(4) * 0.1 + np.array([0, 1, 2, 0]) + 0.01 * 10 - 0.001 * 3)
+  expected = 1 / (1 + np.exp(-logits))
+  assert result.report["rank_prediction_min"] == pytest.approx(expected.min(), rel=1e-6)
+  assert result.report["rank_prediction_max"] == pytest.approx(expected.max(), rel=1e-6)
+  warmup = os.path.join(out, infra_validator.STAMPED_MODEL_DIR, infra_validator.WARMUP_RELATIVE_PATH)
+  logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+          for r in tf.data.TFRecordDataset(warmup)]
+  assert [l.predict_log.request.model_spec.signature_name for l in logs] == [
+      "serving_default", "serving_default", "rank"]
+
+
+@pytest.mark.parametrize(
+    "rank_fn,specs,reason",
+    [
+        (_rank_out_of_range, None, "rank: 4 outputs not finite in [0, 1]"),
+        (_rank_one_output, None, "1 outputs for 4 rank candidates"),
+        (_rank_float_candidates,
+         _RANK_SPECS[:3] + [tf.TensorSpec([None], tf.float32, name="item_ids")] + _RANK_SPECS[4:],
+         "rank inputs"),
+    ],
+    ids=["out-of-range", "wrong-length", "float-candidates"],
+)
+def test_broken_rank_is_not_blessed(tmp_path, examples_file, rank_fn, specs, reason):
+  model_dir = _save_with_rank(str(tmp_path / "model"), rank_fn, specs)
+  examples = infra_validator.read_examples([examples_file], limit=11)
+  out = str(tmp_path / "blessing")
+  os.makedirs(out)
+  result = infra_validator.validate(model_dir, examples, out)
+  assert not result.blessed
+  assert any(reason in r for r in result.reasons), result.reasons
+  assert not os.path.exists(os.path.join(out, infra_validator.STAMPED_MODEL_DIR))

@@ -114,6 +114,16 @@ def _score_in_isolation(model_dir, examples_glob):
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _warmup_signatures(path):
+  import tensorflow as tf
+  from tensorflow_serving.apis import prediction_log_pb2
+
+  return [
+      prediction_log_pb2.PredictionLog.FromString(r.numpy()).predict_log.request.model_spec.signature_name
+      for r in tf.data.TFRecordDataset(path)
+  ]
+
+
 def _auc(labels, scores):
   pairs = [(s, l) for s, l in zip(scores, labels)]
   pos = [s for s, l in pairs if l == 1]
@@ -185,7 +195,10 @@ def test_full_run_pushes_a_model_that_loads_and_scores(workspace, first_run):
   served = os.path.join(workspace["serving"], versions[0])
   assert report.pushed_destination == served
   assert os.path.exists(os.path.join(served, "saved_model.pb"))
-  assert os.path.exists(os.path.join(served, "assets.extra", "tf_serving_warmup_requests"))
+  warmup = os.path.join(served, "assets.extra", "tf_serving_warmup_requests")
+  # 32 held-out examples in requests of 8, then one rank request (the model
+  # has the rank signature), all replayed by the infra check before the push.
+  assert _warmup_signatures(warmup) == ["serving_default"] * 4 + ["rank"]
   assert f"PUSHED to {served}" in first_run["stdout"]
   # The metrics the runner printed are the Evaluator's.
   candidate = report.metrics["candidate"]
