@@ -25,20 +25,23 @@ from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "SavedModel directory.")
-flags.DEFINE_string("warmup_file", None, "TFRecord of PredictionLog requests.")
-flags.DEFINE_string("output_key", "probabilities", "Expected output name.")
-flags.DEFINE_string("report", None, "Where to write the JSON report.")
-flags.DEFINE_string("rank_signature", "rank", "Name of the optional ranking signature.")
-flags.DEFINE_string(
-    "rank_inputs", None,
-    'JSON {input name: [dtype, shape]} the ranking signature must take, e.g. '
-    '{"item_ids": ["int64", [null]], "request_timestamp": ["int64", []]}.',
-)
-flags.DEFINE_string(
-    "rank_candidates_input", "item_ids",
-    "The ranking input holding the N candidates (one output per candidate).",
-)
+def _define_flags() -> None:
+  # Defined only when run as a program, so that other modules (tests,
+  # other entry points) can import this one: absl flags are global.
+  flags.DEFINE_string("model_dir", None, "SavedModel directory.")
+  flags.DEFINE_string("warmup_file", None, "TFRecord of PredictionLog requests.")
+  flags.DEFINE_string("output_key", "probabilities", "Expected output name.")
+  flags.DEFINE_string("report", None, "Where to write the JSON report.")
+  flags.DEFINE_string("rank_signature", "rank", "Name of the optional ranking signature.")
+  flags.DEFINE_string(
+      "rank_inputs", None,
+      'JSON {input name: [dtype, shape]} the ranking signature must take, e.g. '
+      '{"item_ids": ["int64", [null]], "request_timestamp": ["int64", []]}.',
+  )
+  flags.DEFINE_string(
+      "rank_candidates_input", "item_ids",
+      "The ranking input holding the N candidates (one output per candidate).",
+  )
 
 _OUR_PACKAGES = ("pipeline", "preprocessing", "trainer", "serving")
 
@@ -185,5 +188,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["model_dir", "warmup_file", "report"])
   app.run(main)

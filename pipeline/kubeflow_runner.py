@@ -30,25 +30,30 @@ DEFAULT_IMAGE_REPO_ROOT = "/app"
 _CRON_FIELD = re.compile(r"[0-9*?,/\-LW#A-Z]+")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("pipeline_root", None, "Artifact root (gs://...).")
-flags.DEFINE_string("data_root", None, "Raw logs root (gs://...).")
-flags.DEFINE_string("serving_model_dir", None, "Base directory TF Serving watches.")
-flags.DEFINE_string("image", None, "Container image of every component.")
-flags.DEFINE_string("output_dir", ".", "Where to write the spec and the schedule.")
-flags.DEFINE_string("pipeline_name", "eta-ctr", "Pipeline name ([a-z0-9-]).")
-flags.DEFINE_string("image_repo_root", DEFAULT_IMAGE_REPO_ROOT, "Repository path in the image.")
-flags.DEFINE_string("model", "eta", "Model variant.")
-flags.DEFINE_integer("train_steps", 1000, "Trainer steps.")
-flags.DEFINE_integer("max_seq_len", 1024, "History length (must match the schema).")
-flags.DEFINE_integer("rolling_window_days", 7, "Days of impressions per run.")
-flags.DEFINE_string("cron", DEFAULT_KFP_CRON, "KFP cron expression (6 fields, UTC).")
-flags.DEFINE_string("experiment", "eta-ctr", "KFP experiment of the recurring run.")
-flags.DEFINE_multi_string(
-    "beam_pipeline_args", None,
-    "Beam options of every Beam component (repeat the flag), e.g. "
-    "--beam_pipeline_args=--runner=DataflowRunner. Default: DirectRunner, "
-    "multi_processing, 2 workers.",
-)
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program, so that tests (and other entry
+  # points) can import this module beside the other runner.
+  flags.DEFINE_string("pipeline_root", None, "Artifact root (gs://...).")
+  flags.DEFINE_string("data_root", None, "Raw logs root (gs://...).")
+  flags.DEFINE_string("serving_model_dir", None, "Base directory TF Serving watches.")
+  flags.DEFINE_string("image", None, "Container image of every component.")
+  flags.DEFINE_string("output_dir", ".", "Where to write the spec and the schedule.")
+  flags.DEFINE_string("pipeline_name", "eta-ctr", "Pipeline name ([a-z0-9-]).")
+  flags.DEFINE_string("image_repo_root", DEFAULT_IMAGE_REPO_ROOT, "Repository path in the image.")
+  flags.DEFINE_string("model", "eta", "Model variant.")
+  flags.DEFINE_integer("train_steps", 1000, "Trainer steps.")
+  flags.DEFINE_integer("max_seq_len", 1024, "History length (must match the schema).")
+  flags.DEFINE_integer("rolling_window_days", 7, "Days of impressions per run.")
+  flags.DEFINE_string("cron", DEFAULT_KFP_CRON, "KFP cron expression (6 fields, UTC).")
+  flags.DEFINE_string("experiment", "eta-ctr", "KFP experiment of the recurring run.")
+  flags.DEFINE_multi_string(
+      "beam_pipeline_args", None,
+      "Beam options of every Beam component (repeat the flag), e.g. "
+      "--beam_pipeline_args=--runner=DataflowRunner. Default: DirectRunner, "
+      "multi_processing, 2 workers.",
+  )
 
 
 def check_kfp_cron(expression: str) -> str:
@@ -137,4 +142,5 @@ def main(argv: Sequence[str]) -> Optional[int]:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -35,29 +35,34 @@ from absl import flags
 from pipeline import configs
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_root", None, "Raw logs (behaviors/YYYYMMDD.csv ...).")
-flags.DEFINE_string("pipeline_root", None, "Artifacts and the SQLite ML Metadata.")
-flags.DEFINE_string("serving_model_dir", None, "Base directory TF Serving watches.")
-flags.DEFINE_string("date", None, "Newest day to train on, YYYY-MM-DD (default: newest span).")
-flags.DEFINE_integer("train_steps", None, "Trainer steps.")
-flags.DEFINE_integer("eval_steps", None, "Trainer eval steps.")
-flags.DEFINE_integer("batch_size", None, "Training batch size.")
-flags.DEFINE_string("model", None, "Model variant (eta, din, avgpool, sim_hard, exact_topk, full_attention, sdim).")
-flags.DEFINE_integer("max_seq_len", None, "History length (must equal the schema's bound).")
-flags.DEFINE_integer("rolling_window_days", None, "Days of impressions per run.")
-flags.DEFINE_string("input_format", None, "behavior | impressions | movielens.")
-flags.DEFINE_string("schema_path", None, "Curated schema (default: the checked-in one).")
-flags.DEFINE_string("pipeline_name", None, "Pipeline name.")
-flags.DEFINE_bool("warm_start", None, "Start from the latest blessed model.")
-flags.DEFINE_multi_string("beam_pipeline_args", None, "Beam options (repeat the flag).")
-flags.DEFINE_multi_string(
-    "hparam", None, "Extra trainer setting NAME=VALUE (JSON value), repeatable; "
-    "unknown names are refused by the trainer's config.",
-)
-flags.DEFINE_bool(
-    "force_rerun", False, "Run even when a run with the same settings over the "
-    "same input already completed its Pusher (otherwise its outcome is printed).",
-)
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program, so that tests (and other entry
+  # points) can import this module beside the other runner.
+  flags.DEFINE_string("data_root", None, "Raw logs (behaviors/YYYYMMDD.csv ...).")
+  flags.DEFINE_string("pipeline_root", None, "Artifacts and the SQLite ML Metadata.")
+  flags.DEFINE_string("serving_model_dir", None, "Base directory TF Serving watches.")
+  flags.DEFINE_string("date", None, "Newest day to train on, YYYY-MM-DD (default: newest span).")
+  flags.DEFINE_integer("train_steps", None, "Trainer steps.")
+  flags.DEFINE_integer("eval_steps", None, "Trainer eval steps.")
+  flags.DEFINE_integer("batch_size", None, "Training batch size.")
+  flags.DEFINE_string("model", None, "Model variant (eta, din, avgpool, sim_hard, exact_topk, full_attention, sdim).")
+  flags.DEFINE_integer("max_seq_len", None, "History length (must equal the schema's bound).")
+  flags.DEFINE_integer("rolling_window_days", None, "Days of impressions per run.")
+  flags.DEFINE_string("input_format", None, "behavior | impressions | movielens.")
+  flags.DEFINE_string("schema_path", None, "Curated schema (default: the checked-in one).")
+  flags.DEFINE_string("pipeline_name", None, "Pipeline name.")
+  flags.DEFINE_bool("warm_start", None, "Start from the latest blessed model.")
+  flags.DEFINE_multi_string("beam_pipeline_args", None, "Beam options (repeat the flag).")
+  flags.DEFINE_multi_string(
+      "hparam", None, "Extra trainer setting NAME=VALUE (JSON value), repeatable; "
+      "unknown names are refused by the trainer's config.",
+  )
+  flags.DEFINE_bool(
+      "force_rerun", False, "Run even when a run with the same settings over the "
+      "same input already completed its Pusher (otherwise its outcome is printed).",
+  )
 
 EXIT_NOT_PUSHED = 3
 
@@ -268,4 +273,5 @@ def main(argv: Sequence[str]) -> Optional[int]:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

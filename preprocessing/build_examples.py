@@ -29,51 +29,55 @@ from preprocessing import environment
 from preprocessing import features
 from preprocessing import raw_logs
 
-_INPUT = flags.DEFINE_list(
-    "input", None,
-    "Glob(s) of the main input: the behaviour log (behavior), the impression "
-    "log (impressions) or ratings.csv (movielens). CSV or Parquet; .gz is "
-    "decompressed.",
-)
-_INPUT_FORMAT = flags.DEFINE_enum(
-    "input_format", None, list(raw_logs.INPUT_FORMATS), "Format of --input."
-)
-_BEHAVIOR_LOG = flags.DEFINE_list(
-    "behavior_log", None,
-    "Glob(s) of the behaviour log for the histories (impressions only).",
-)
-_MOVIES = flags.DEFINE_list(
-    "movies", None,
-    "Glob(s) of movies.csv (movielens only); default: movies.csv in the "
-    "directory of the first --input glob.",
-)
-_FILE_TYPE = flags.DEFINE_enum(
-    "file_type", "auto", ["auto", "csv", "parquet"],
-    "Input file type; auto: Parquet iff every glob ends in .parquet.",
-)
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory.")
-_MAX_SEQ_LEN = flags.DEFINE_integer(
-    "max_seq_len", features.DEFAULT_MAX_SEQ_LEN,
-    "History length kept (most recent behaviours).",
-)
-_NEG_PER_POS = flags.DEFINE_integer(
-    "neg_per_pos", 1, "Negatives sampled per positive (behavior only)."
-)
-_MIN_HISTORY = flags.DEFINE_integer(
-    "min_history", 1, "Skip impressions with fewer earlier behaviours."
-)
-_EVAL_DAYS = flags.DEFINE_integer(
-    "eval_days", 1, "The last this many UTC days of impressions are eval."
-)
-_SEED = flags.DEFINE_integer("seed", 0, "Negative sampling seed.")
-_CHUNK_SECONDS = flags.DEFINE_integer(
-    "chunk_seconds", 86_400,
-    "Time chunk of the (user, chunk) keys that spread a heavy user's work.",
-)
-_MAX_TIMESTAMP = flags.DEFINE_integer(
-    "max_timestamp", None,
-    "Latest valid timestamp (Unix seconds); default: one day after now.",
-)
+def _define_flags() -> None:
+  # Defined only when run as a program, so that other modules (tests,
+  # other entry points) can import this one: absl flags are global.
+  global _INPUT, _INPUT_FORMAT, _BEHAVIOR_LOG, _MOVIES, _FILE_TYPE, _OUTPUT_DIR, _MAX_SEQ_LEN, _NEG_PER_POS, _MIN_HISTORY, _EVAL_DAYS, _SEED, _CHUNK_SECONDS, _MAX_TIMESTAMP
+  _INPUT = flags.DEFINE_list(
+      "input", None,
+      "Glob(s) of the main input: the behaviour log (behavior), the impression "
+      "log (impressions) or ratings.csv (movielens). CSV or Parquet; .gz is "
+      "decompressed.",
+  )
+  _INPUT_FORMAT = flags.DEFINE_enum(
+      "input_format", None, list(raw_logs.INPUT_FORMATS), "Format of --input."
+  )
+  _BEHAVIOR_LOG = flags.DEFINE_list(
+      "behavior_log", None,
+      "Glob(s) of the behaviour log for the histories (impressions only).",
+  )
+  _MOVIES = flags.DEFINE_list(
+      "movies", None,
+      "Glob(s) of movies.csv (movielens only); default: movies.csv in the "
+      "directory of the first --input glob.",
+  )
+  _FILE_TYPE = flags.DEFINE_enum(
+      "file_type", "auto", ["auto", "csv", "parquet"],
+      "Input file type; auto: Parquet iff every glob ends in .parquet.",
+  )
+  _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory.")
+  _MAX_SEQ_LEN = flags.DEFINE_integer(
+      "max_seq_len", features.DEFAULT_MAX_SEQ_LEN,
+      "History length kept (most recent behaviours).",
+  )
+  _NEG_PER_POS = flags.DEFINE_integer(
+      "neg_per_pos", 1, "Negatives sampled per positive (behavior only)."
+  )
+  _MIN_HISTORY = flags.DEFINE_integer(
+      "min_history", 1, "Skip impressions with fewer earlier behaviours."
+  )
+  _EVAL_DAYS = flags.DEFINE_integer(
+      "eval_days", 1, "The last this many UTC days of impressions are eval."
+  )
+  _SEED = flags.DEFINE_integer("seed", 0, "Negative sampling seed.")
+  _CHUNK_SECONDS = flags.DEFINE_integer(
+      "chunk_seconds", 86_400,
+      "Time chunk of the (user, chunk) keys that spread a heavy user's work.",
+  )
+  _MAX_TIMESTAMP = flags.DEFINE_integer(
+      "max_timestamp", None,
+      "Latest valid timestamp (Unix seconds); default: one day after now.",
+  )
 
 def _default_movies(input_globs: Sequence[str]) -> list[str]:
   return [posixpath.join(posixpath.dirname(input_globs[0]), "movies.csv")]
@@ -115,4 +119,5 @@ def _parse_known_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main, flags_parser=_parse_known_flags)

@@ -24,27 +24,31 @@ from absl import logging
 from preprocessing import environment
 from preprocessing import features
 
-_TRAIN_FILES = flags.DEFINE_list("train_files", None, "Glob(s) of training TFRecords.")
-_EVAL_FILES = flags.DEFINE_list("eval_files", None, "Glob(s) of eval TFRecords.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where metrics.json and saved_model go.")
-_MODEL = flags.DEFINE_string("model", "eta", "Model variant (trainer.config.VARIANTS).")
-_MAX_SEQ_LEN = flags.DEFINE_integer(
-    "max_seq_len", features.DEFAULT_MAX_SEQ_LEN, "History length L of the model."
-)
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 1000, "Optimizer steps.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Training batch size.")
-_EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 1024, "Eval batch size.")
-_EVAL_STEPS = flags.DEFINE_integer("eval_steps", None, "Eval batches (default: all).")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-_STEPS_PER_EPOCH = flags.DEFINE_integer(
-    "steps_per_epoch", 100, "Steps between progress lines."
-)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of weights, hashing and shuffling.")
-_HPARAMS = flags.DEFINE_string(
-    "hparams", "{}",
-    "JSON object of further ModelConfig/TrainConfig fields (unknown keys are "
-    "refused), e.g. '{\"top_k\": 32, \"jit_compile\": false}'.",
-)
+def _define_flags() -> None:
+  # Defined only when run as a program, so that other modules (tests,
+  # other entry points) can import this one: absl flags are global.
+  global _TRAIN_FILES, _EVAL_FILES, _OUTPUT_DIR, _MODEL, _MAX_SEQ_LEN, _TRAIN_STEPS, _BATCH_SIZE, _EVAL_BATCH_SIZE, _EVAL_STEPS, _LEARNING_RATE, _STEPS_PER_EPOCH, _SEED, _HPARAMS
+  _TRAIN_FILES = flags.DEFINE_list("train_files", None, "Glob(s) of training TFRecords.")
+  _EVAL_FILES = flags.DEFINE_list("eval_files", None, "Glob(s) of eval TFRecords.")
+  _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where metrics.json and saved_model go.")
+  _MODEL = flags.DEFINE_string("model", "eta", "Model variant (trainer.config.VARIANTS).")
+  _MAX_SEQ_LEN = flags.DEFINE_integer(
+      "max_seq_len", features.DEFAULT_MAX_SEQ_LEN, "History length L of the model."
+  )
+  _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 1000, "Optimizer steps.")
+  _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Training batch size.")
+  _EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 1024, "Eval batch size.")
+  _EVAL_STEPS = flags.DEFINE_integer("eval_steps", None, "Eval batches (default: all).")
+  _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+  _STEPS_PER_EPOCH = flags.DEFINE_integer(
+      "steps_per_epoch", 100, "Steps between progress lines."
+  )
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of weights, hashing and shuffling.")
+  _HPARAMS = flags.DEFINE_string(
+      "hparams", "{}",
+      "JSON object of further ModelConfig/TrainConfig fields (unknown keys are "
+      "refused), e.g. '{\"top_k\": 32, \"jit_compile\": false}'.",
+  )
 
 
 def settings_from_flags() -> dict[str, Any]:
@@ -99,4 +103,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
