@@ -1,6 +1,7 @@
 """run_fn with a real FnArgs on Transform output made by tft_beam."""
 
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -149,9 +150,7 @@ def serve(export_dir, raw_examples):
 @pytest.mark.e2e
 def test_run_fn_trains_exports_and_warm_starts(transformed_data):
   first = run_trainer(transformed_data, "first", learning_rate=1e-2)
-  assert tf.io.gfile.glob(os.path.join(first.model_run_dir, "*", "events.out.*")) or \
-      tf.io.gfile.glob(os.path.join(first.model_run_dir, "events.out.*")) or \
-      tf.io.gfile.glob(os.path.join(first.model_run_dir, "train", "events.out.*"))
+  assert list(pathlib.Path(first.model_run_dir).rglob("events.out.tfevents.*"))  # TensorBoard
   loaded, probabilities = serve(first.serving_model_dir, transformed_data["raw_eval"])
   assert probabilities.shape == (len(transformed_data["raw_eval"]),)
   assert np.all((probabilities > 0) & (probabilities < 1)) and probabilities.std() > 0
