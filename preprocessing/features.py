@@ -118,11 +118,19 @@ SERVING_DEFAULT_SIGNATURE = "serving_default"
 # serving_default input: serialized tf.Example strings (label absent), [batch].
 SERVING_EXAMPLES_KEY = "examples"
 RANK_SIGNATURE = "rank"
-# rank inputs besides the history (HIST_ITEM_IDS, HIST_CATEGORY_IDS,
-# HIST_TIMESTAMPS by their names, int64 [L]): the N candidates, int64 [N],
-# and the request's Unix seconds, an int64 scalar.
+# rank inputs: one user's history by the features' names, int64 [L] each,
+# oldest first (behaviour types as the ingestion's codes, the index into
+# BEHAVIOR_TYPES; a log without types sends 0 = pv, as ingestion does), the
+# N candidates, int64 [N], and the request's Unix seconds, an int64 scalar.
+RANK_HISTORY_FEATURES: tuple[Feature, ...] = (
+    HIST_ITEM_IDS, HIST_CATEGORY_IDS, HIST_TIMESTAMPS, HIST_BEHAVIOR_TYPES,
+)
 RANK_ITEM_IDS_KEY = "item_ids"
 RANK_CATEGORY_IDS_KEY = "category_ids"
 RANK_REQUEST_TIMESTAMP_KEY = "request_timestamp"
+# The rank signature's inputs, in signature order.
+RANK_INPUT_NAMES: tuple[str, ...] = tuple(f.name for f in RANK_HISTORY_FEATURES) + (
+    RANK_ITEM_IDS_KEY, RANK_CATEGORY_IDS_KEY, RANK_REQUEST_TIMESTAMP_KEY,
+)
 # Output of both signatures: float32 click probabilities, [batch] or [N].
 PROBABILITIES_KEY = "probabilities"
