@@ -19,6 +19,9 @@ Layout of the outputs (all dense, batch first):
   Behaviour types are stored as type index + 1 (0 = padding); an example
   without types (absent feature or empty list) gets 1 (pv) everywhere.
   * `label`, `user_id`: int64 [B], passed through when present.
+  * `timestamp`: int64 [B], the impression's raw Unix seconds, passed
+    through so the TFX Trainer can hold out the newest training days for
+    early stopping (the model does not read it).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ OUTPUT_FEATURES: tuple[str, ...] = (
     features.HIST_BEHAVIOR_TYPES.name,
     HIST_LENGTH,
     features.LABEL.name,
+    features.TIMESTAMP.name,
 )
 # Outputs of shape [B, max_seq_len]; the others are [B].
 SEQUENCE_OUTPUTS: tuple[str, ...] = (
@@ -207,6 +211,7 @@ def transform_features(
         _scalar(feature.name, inputs[feature.name]), feature.buckets
     )
   timestamp = _scalar(features.TIMESTAMP.name, inputs[features.TIMESTAMP.name])
+  outputs[features.TIMESTAMP.name] = timestamp
 
   sequence_features = [
       features.HIST_ITEM_IDS, features.HIST_CATEGORY_IDS, features.HIST_TIMESTAMPS

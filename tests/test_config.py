@@ -82,8 +82,22 @@ def test_top_k_is_only_bounded_for_retrieval_variants():
         ({"learning_rate": 0.0}, "learning_rate"),
         ({"learning_rate": "fast"}, "learning_rate"),
         ({"steps_per_epoch": 0}, "steps_per_epoch"),
+        ({"validation_days": -1}, "validation_days"),
+        ({"validation_days": 1.5}, "validation_days"),
+        ({"early_stopping_patience": 0}, "early_stopping_patience"),
+        ({"early_stopping_metric": "gauc"}, "early_stopping_metric"),
     ],
 )
 def test_bad_train_values_are_refused(values, message):
   with pytest.raises(config.ConfigError, match=message):
     config.TrainConfig.from_dict(values)
+
+
+def test_early_stopping_is_on_by_default_and_zero_days_disable_it():
+  default = config.TrainConfig()
+  assert (default.validation_days, default.early_stopping_patience,
+          default.early_stopping_metric) == (1, 2, "logloss")
+  assert config.TrainConfig(validation_days=0).validation_days == 0
+  _, train_config = config.split_flat_config(
+      {"validation_days": 2, "early_stopping_metric": "auc"})
+  assert (train_config.validation_days, train_config.early_stopping_metric) == (2, "auc")

@@ -33,6 +33,7 @@ def reference_transform(examples, max_seq_len):
     pad = [0] * (max_seq_len - kept)
     out["user_id"].append(ex["user_id"])
     out["label"].append(ex["label"])
+    out["timestamp"].append(ex["timestamp"])
     out["item_id"].append(reference_slot(ex["item_id"], ITEM_BUCKETS))
     out["category_id"].append(reference_slot(ex["category_id"], CATEGORY_BUCKETS))
     out["hist_item_ids"].append(

@@ -15,12 +15,54 @@ from typing import Any, Mapping, Optional, Sequence, TypeVar
 from preprocessing import features
 from preprocessing import typed_config
 
-# The model family (see trainer/model.py for what each long branch does).
-VARIANTS: tuple[str, ...] = (
-    "eta", "din", "avgpool", "sim_hard", "exact_topk", "full_attention", "sdim"
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+  """One model variant.
+
+  Attributes:
+    branch: class name of its long-sequence branch in `trainer.branches`;
+      None for a model with no long branch (din).
+    uses_top_k: the branch keeps top_k behaviours (top_k <= max_seq_len).
+    description: what the long branch does.
+  """
+
+  branch: Optional[str]
+  uses_top_k: bool
+  description: str
+
+
+# The model family: the one place a variant name is defined.
+VARIANT_REGISTRY: dict[str, VariantSpec] = {
+    "eta": VariantSpec(
+        "EtaBranch", True,
+        "SimHash signatures, Hamming top-k, multi-head target attention over the k",
+    ),
+    "exact_topk": VariantSpec(
+        "ExactTopKBranch", True,
+        "top-k by the exact dot product of retrieval embeddings, then the same attention",
+    ),
+    "sim_hard": VariantSpec(
+        "SimHardBranch", True,
+        "the k most recent behaviours of the candidate's category, then the same attention",
+    ),
+    "full_attention": VariantSpec(
+        "FullAttentionBranch", False, "multi-head target attention over all L",
+    ),
+    "sdim": VariantSpec(
+        "SdimBranch", False, "SDIM hash-bucket aggregation of all L",
+    ),
+    "avgpool": VariantSpec("AvgPoolBranch", False, "masked mean of all L behaviours"),
+    "din": VariantSpec(None, False, "none: the short DIN branch only (baseline)"),
+}
+VARIANTS: tuple[str, ...] = tuple(VARIANT_REGISTRY)
+# Variants whose long branch keeps k behaviours.
+TOP_K_VARIANTS: tuple[str, ...] = tuple(
+    name for name, spec in VARIANT_REGISTRY.items() if spec.uses_top_k
 )
-# Variants whose long branch attends over k retrieved behaviours.
-TOP_K_VARIANTS: tuple[str, ...] = ("eta", "sim_hard", "exact_topk")
+# What SimHash (eta) and the exact dot product (exact_topk) compare.
+RETRIEVAL_EMBEDDINGS: tuple[str, ...] = ("item", "item_category")
 ETA_NUM_BITS: tuple[int, ...] = (16, 32, 48, 64, 128)
 
 
@@ -81,7 +123,19 @@ class ModelConfig:
       first step (at Keras' default +-0.05 the models memorised ids before
       they learned to match; see bench/results/train.md).
     embedding_l2: weight of the L2 penalty on the item and category rows a
-      batch uses (each distinct row once per batch, DIN-style); 0 disables.
+      batch uses (each distinct row once per batch, DIN-style): the penalty
+      is the MEAN squared entry of those rows (about stddev**2 for N(0, s)
+      rows), so the weight reads on the scale of the log loss; 0 disables.
+    use_item_ids: embed item ids (query, keys, retrieval). False keeps the
+      category and side features only: nothing to memorise per item; the
+      history statistics still count exact item matches.
+    retrieval_embedding: what eta's SimHash and exact_topk's dot product
+      compare: "item" (the item embedding; eta exports a signature table
+      keyed by item slot) or "item_category" ([item, category] embeddings,
+      hashed per request at serving).
+    long_statistics: append the target-aware history statistics
+      (trainer/layers/history_statistics.py) to every long branch; din,
+      the short-history baseline, never gets them.
     sdim_num_bits / sdim_tau: SDIM hashing (m bits in groups of tau).
     seed: seed of the SimHash projections and of weight initialisation.
     jit_compile: run retrieval and attention under XLA when training
@@ -102,6 +156,9 @@ class ModelConfig:
   dropout: float = 0.0
   embedding_init_stddev: float = 1.0
   embedding_l2: float = 0.0
+  use_item_ids: bool = True
+  retrieval_embedding: str = "item"
+  long_statistics: bool = True
   sdim_num_bits: int = 48
   sdim_tau: int = 3
   seed: int = 0
@@ -136,6 +193,19 @@ class ModelConfig:
     if self.embedding_init_stddev == 0.0:
       raise ConfigError("embedding_init_stddev must be > 0")
     _check_float(self, "embedding_l2", 0.0, 1e3)
+    for name in ("use_item_ids", "long_statistics"):
+      if not isinstance(getattr(self, name), bool):
+        raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
+    if self.retrieval_embedding not in RETRIEVAL_EMBEDDINGS:
+      raise ConfigError(
+          f"retrieval_embedding must be one of {RETRIEVAL_EMBEDDINGS}, got "
+          f"{self.retrieval_embedding!r}"
+      )
+    if not self.use_item_ids and self.retrieval_embedding == "item":
+      raise ConfigError(
+          "use_item_ids=False needs retrieval_embedding='item_category' "
+          "(there is no item embedding to retrieve with)"
+      )
     _check_int(self, "sdim_tau", 1)
     if self.sdim_num_bits not in ETA_NUM_BITS:
       raise ConfigError(
@@ -161,6 +231,10 @@ class ModelConfig:
     return self.from_dict({**self.to_dict(), **changes})
 
 
+# Early-stopping metric -> True when higher is better.
+EARLY_STOPPING_METRICS: dict[str, bool] = {"logloss": False, "auc": True}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """How to train.
@@ -172,8 +246,19 @@ class TrainConfig:
     learning_rate: Adam's learning rate.
     shuffle_buffer: examples in the training shuffle buffer (the files are
       also read in shuffled order).
-    steps_per_epoch: Keras epoch length: progress lines, TensorBoard points
-      and BackupAndRestore checkpoints happen at epoch ends.
+    steps_per_epoch: Keras epoch length: progress lines, TensorBoard points,
+      BackupAndRestore checkpoints and early-stopping checks happen at epoch
+      ends.
+    validation_days: early stopping's validation set is the last
+      validation_days UTC days of the TRAINING examples (by `timestamp`),
+      held out of training; never the eval split. 0 disables early stopping
+      (then train_steps are all run).
+    early_stopping_patience: stop after this many epochs without a better
+      validation metric; the best epoch's weights are kept. train_steps is
+      then the upper bound.
+    early_stopping_metric: "logloss" (lower is better; the default: a proper
+      score that also sees the overconfidence of memorised ids, and defined on
+      a one-class day) or "auc" (higher is better).
   """
 
   batch_size: int = 256
@@ -182,6 +267,9 @@ class TrainConfig:
   learning_rate: float = 1e-3
   shuffle_buffer: int = 10_000
   steps_per_epoch: int = 100
+  validation_days: int = 1
+  early_stopping_patience: int = 2
+  early_stopping_metric: str = "logloss"
 
   def __post_init__(self) -> None:
     _check_int(self, "batch_size", 1)
@@ -193,6 +281,13 @@ class TrainConfig:
       raise ConfigError("learning_rate must be > 0")
     _check_int(self, "shuffle_buffer", 1)
     _check_int(self, "steps_per_epoch", 1)
+    _check_int(self, "validation_days", 0, 366)
+    _check_int(self, "early_stopping_patience", 1)
+    if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
+      raise ConfigError(
+          f"early_stopping_metric must be one of {sorted(EARLY_STOPPING_METRICS)}, "
+          f"got {self.early_stopping_metric!r}"
+      )
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
