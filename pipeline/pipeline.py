@@ -4,7 +4,7 @@
     -> StatisticsGen -> ExampleValidator (against the curated ImportSchemaGen schema)
     -> DataGate (fails the run on anomalies or too many rejected rows)
     -> Transform (preprocessing.preprocessing_fn.preprocessing_fn)
-    -> Trainer (trainer.model.run_fn; warm start from the latest blessed model)
+    -> Trainer (trainer.tfx_trainer.run_fn; warm start from the latest blessed model)
     -> Evaluator (AUC, BinaryCrossEntropy, calibration, ExampleCount, GAUC,
                   slices; value and change thresholds vs the latest blessed model)
     -> OfflineInfraValidator (isolated load, warm-up requests)
@@ -36,7 +36,7 @@ from pipeline import configs
 from preprocessing import features
 
 PREPROCESSING_FN = "preprocessing.preprocessing_fn.preprocessing_fn"
-RUN_FN = "trainer.model.run_fn"
+RUN_FN = "trainer.tfx_trainer.run_fn"
 GAUC_MODULE = "pipeline.gauc_metric"
 SLICE_HIST_LENGTH_BUCKET = "slice_hist_length_bucket"  # preprocessing_fn's slicing keys
 SLICE_CATEGORY_ID = "slice_category_id"
@@ -137,7 +137,7 @@ def eval_config(config: configs.PipelineConfig):
 
 
 def trainer_custom_config(config: configs.PipelineConfig) -> dict[str, Any]:
-  """Settings for `trainer.model.run_fn` (its typed config refuses unknown keys)."""
+  """Settings for `trainer.tfx_trainer.run_fn` (its typed config refuses unknown keys)."""
   return {
       **config.hyperparameters,
       "model": config.model,
