@@ -67,7 +67,7 @@ class PipelineConfig:
     model: model variant name (`trainer.model`).
     train_steps / eval_steps: Trainer steps.
     batch_size: training batch size.
-    hyperparameters: extra model/training settings for `trainer.model.run_fn`
+    hyperparameters: extra model/training settings for `trainer.tfx_trainer.run_fn`
       (validated there by the trainer's typed config).
     warm_start: initialise from the latest blessed (served) model.
     schema_path: the curated schema file imported by ImportSchemaGen.
