@@ -4,11 +4,12 @@
 serialized `tf.train.Example` per impression (features per
 `preprocessing.features`), split by time into train and eval.
 
-Point-in-time rule: an impression at second t gets the user's behaviours with
-timestamp strictly less than t (a behaviour in the same second is excluded),
-oldest first, the most recent `max_seq_len` of them. Behaviours in the same
-second are ordered by (item_id, category_id, behavior_type), so the history,
-its truncation and every output are deterministic whatever the runner or the
+Point-in-time rule (`preprocessing.history`, shared with the serving
+client): an impression at second t gets the user's behaviours with timestamp
+strictly less than t (a behaviour in the same second is excluded), oldest
+first, the most recent `max_seq_len` of them. Behaviours in the same second
+are ordered by (item_id, category_id, behavior_type), so the history, its
+truncation and every output are deterministic whatever the runner or the
 input order. An impression whose full history is shorter than `min_history` is
 skipped and counted (``impressions_below_min_history``).
 
@@ -44,13 +45,16 @@ import apache_beam as beam
 import numpy as np
 
 from preprocessing import features
+from preprocessing import history as history_rule
 from preprocessing import raw_logs
 
 SECONDS_PER_DAY = 86_400
 
-# Columns of a sorted behaviour array [n, 4] (int64).
-_TS, _ITEM, _CATEGORY, _TYPE = range(4)
-_NUM_COLUMNS = 4
+# Columns of a sorted behaviour array [n, 4] (int64): the history rule's.
+_TS, _ITEM, _CATEGORY, _TYPE = (
+    history_rule.TS, history_rule.ITEM, history_rule.CATEGORY, history_rule.TYPE
+)
+_NUM_COLUMNS = history_rule.NUM_COLUMNS
 
 # Keys of the (name, count) statistics the transforms emit.
 STAT_IMPRESSIONS = "impressions"
@@ -140,16 +144,6 @@ def eval_start_for(max_impression_timestamp: int, eval_days: int) -> int:
   return last_day_start - (eval_days - 1) * SECONDS_PER_DAY
 
 
-def sort_behaviors(rows: np.ndarray) -> np.ndarray:
-  """Sorts an int64 [n, 4] (ts, item, category, type) array by all columns."""
-  if len(rows) < 2:
-    return rows
-  order = np.lexsort(
-      (rows[:, _TYPE], rows[:, _CATEGORY], rows[:, _ITEM], rows[:, _TS])
-  )
-  return rows[order]
-
-
 def _as_rows(values: Iterable[tuple[int, ...]], width: int) -> np.ndarray:
   rows = np.array(list(values), dtype=np.int64)
   return rows.reshape(-1, width)
@@ -211,12 +205,14 @@ class _SortChunk(beam.DoFn):
 
   def process(self, element):
     (user_id, chunk), grouped = element
-    behaviors = sort_behaviors(_as_rows(grouped["behaviors"], _NUM_COLUMNS))
+    behaviors = history_rule.sort_behaviors(
+        history_rule.as_array(grouped["behaviors"])
+    )
     impressions = _as_rows(grouped["impressions"], 4)
     has_impressions = len(impressions) > 0
+    tail = history_rule.most_recent(behaviors, self._max_seq_len)
     yield beam.pvalue.TaggedOutput(
-        self.TAIL,
-        (user_id, (chunk, behaviors[-self._max_seq_len:], has_impressions)),
+        self.TAIL, (user_id, (chunk, tail, has_impressions))
     )
     if has_impressions:
       yield (user_id, chunk), (behaviors, impressions)
@@ -235,7 +231,9 @@ class _CarryIn(beam.DoFn):
       if has_impressions:
         yield (user_id, chunk), running
       if len(tail):
-        running = np.concatenate([running, tail])[-self._max_seq_len:]
+        running = history_rule.most_recent(
+            np.concatenate([running, tail]), self._max_seq_len
+        )
 
 
 class _EmitExamples(beam.DoFn):
@@ -261,22 +259,23 @@ class _EmitExamples(beam.DoFn):
     # Carry-in behaviours all precede the chunk, so the concatenation is sorted.
     history = np.concatenate([carry_in, behaviors]) if len(carry_in) else behaviors
     impressions = impressions[np.lexsort(impressions.T[::-1])]
-    ends = np.searchsorted(history[:, _TS], impressions[:, 0], side="left")
-    max_seq_len = self._config.max_seq_len
+    starts, ends = history_rule.window_bounds(
+        history[:, _TS], impressions[:, 0], self._config.max_seq_len
+    )
     counts = dict.fromkeys(
         (STAT_BELOW_MIN_HISTORY, STAT_EXAMPLES_TRAIN, STAT_EXAMPLES_EVAL,
          STAT_POSITIVES_TRAIN, STAT_POSITIVES_EVAL, STAT_HISTORY_POSITIONS),
         0,
     )
-    for (timestamp, item_id, category_id, label), end in zip(
-        impressions.tolist(), ends.tolist()
+    for (timestamp, item_id, category_id, label), start, end in zip(
+        impressions.tolist(), starts.tolist(), ends.tolist()
     ):
       # `end` counts behaviours strictly before `timestamp` only up to the
       # carry-in's cap; min_history <= max_seq_len keeps the test exact.
       if end < self._config.min_history:
         counts[STAT_BELOW_MIN_HISTORY] += 1
         continue
-      window = history[max(0, end - max_seq_len):end]
+      window = history[start:end]
       split = EVAL if eval_start is not None and timestamp >= eval_start else TRAIN
       counts[f"examples_{split}"] += 1
       counts[f"positives_{split}"] += label
@@ -343,8 +342,7 @@ class BuildExamples(beam.PTransform):
 
     keyed_behaviors = inputs["behaviors"] | "KeyBehaviors" >> beam.Map(
         lambda b: (
-            (b.user_id, b.timestamp // chunk_seconds),
-            (b.timestamp, b.item_id, b.category_id, b.behavior_type),
+            (b.user_id, b.timestamp // chunk_seconds), history_rule.row_of(b)
         )
     )
     keyed_impressions = kept | "KeyImpressions" >> beam.Map(
