@@ -130,9 +130,7 @@ def run_trainer(data, name, base_model=None, **custom):
           **custom,
       },
   )
-  from trainer import model as model_lib
-
-  model_lib.run_fn(fn_args)
+  tfx_trainer.run_fn(fn_args)
   return fn_args
 
 

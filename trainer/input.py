@@ -8,17 +8,54 @@ Two sources, one set of features:
   * `make_transformed_dataset`: TFX Transform's output, already transformed,
     read through `fn_args.data_accessor` with the transformed schema. Used by
     `run_fn`.
-Both yield (features dict, label int64 [B]) batches.
+Both yield (features dict, label int64 [B]) batches, and both can keep only
+the examples of a time range (`TimeRange`, by the impression `timestamp`):
+early stopping holds out the newest training days that way. `count_days` /
+`count_transformed_days` say how many examples each UTC day holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from preprocessing import features
 from preprocessing import transforms
+
+
+SECONDS_PER_DAY = 86_400
+# Serialized records parsed together when only the timestamp is needed.
+_TIMESTAMP_BATCH = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeRange:
+  """Examples with start <= timestamp < end (Unix seconds; None = unbounded)."""
+
+  start: Optional[int] = None
+  end: Optional[int] = None
+
+  def mask(self, timestamps: tf.Tensor) -> tf.Tensor:
+    keep = tf.ones_like(timestamps, dtype=tf.bool)
+    if self.start is not None:
+      keep &= timestamps >= tf.constant(self.start, tf.int64)
+    if self.end is not None:
+      keep &= timestamps < tf.constant(self.end, tf.int64)
+    return keep
+
+
+def _day_counts(timestamp_batches) -> dict[int, int]:
+  """int64 timestamp batches -> {UTC day number (days since 1970-01-01): examples}."""
+  counts: dict[int, int] = {}
+  for timestamps in timestamp_batches:
+    days, n = np.unique(np.asarray(timestamps).reshape(-1) // SECONDS_PER_DAY,
+                        return_counts=True)
+    for day, count in zip(days.tolist(), n.tolist()):
+      counts[day] = counts.get(day, 0) + count
+  return dict(sorted(counts.items()))
 
 
 def raw_feature_spec(include_label: bool = True) -> dict[str, Any]:
@@ -66,6 +103,27 @@ def list_files(file_pattern: str | list[str]) -> list[str]:
   return files
 
 
+def _records(files: list[str]) -> tuple[tf.data.Dataset, str]:
+  compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
+  if compression == "" and any(f.endswith(".gz") for f in files):
+    raise ValueError("file patterns mix GZIP (.gz) and uncompressed files")
+  return tf.data.Dataset.from_tensor_slices(files), compression
+
+
+def _timestamps(serialized: tf.Tensor) -> tf.Tensor:
+  spec = {features.TIMESTAMP.name: tf.io.FixedLenFeature([], tf.int64)}
+  return tf.io.parse_example(serialized, spec)[features.TIMESTAMP.name]
+
+
+def count_days(file_pattern: str | list[str]) -> dict[int, int]:
+  """Examples per UTC day (by `timestamp`) of ingestion TFRecords, one pass."""
+  files = list_files(file_pattern)
+  _, compression = _records(files)
+  dataset = tf.data.TFRecordDataset(files, compression_type=compression)
+  dataset = dataset.batch(_TIMESTAMP_BATCH).map(_timestamps, num_parallel_calls=tf.data.AUTOTUNE)
+  return _day_counts(batch.numpy() for batch in dataset)
+
+
 def make_dataset(
     file_pattern: str | list[str],
     batch_size: int,
@@ -73,6 +131,7 @@ def make_dataset(
     training: bool,
     shuffle_buffer: int = 10_000,
     seed: Optional[int] = None,
+    time_range: Optional[TimeRange] = None,
 ) -> tf.data.Dataset:
   """Ingestion TFRecords -> batches of (transformed features, label).
 
@@ -84,12 +143,10 @@ def make_dataset(
       partial batch; otherwise read once in file order, keeping every example.
     shuffle_buffer: examples in the shuffle buffer (training).
     seed: shuffle seed (training).
+    time_range: keep only the examples whose timestamp lies in it (None: all).
   """
   files = list_files(file_pattern)
-  compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
-  if compression == "" and any(f.endswith(".gz") for f in files):
-    raise ValueError("file patterns mix GZIP (.gz) and uncompressed files")
-  dataset = tf.data.Dataset.from_tensor_slices(files)
+  dataset, compression = _records(files)
   if training:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   dataset = dataset.interleave(
@@ -98,6 +155,13 @@ def make_dataset(
       num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=not training,
   )
+  if time_range is not None:
+    # Filtered before batching so that batches stay full; the timestamps of
+    # a block of records are parsed together (cheaper than one by one).
+    dataset = dataset.batch(_TIMESTAMP_BATCH).map(
+        lambda serialized: tf.boolean_mask(serialized, time_range.mask(_timestamps(serialized))),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training,
+    ).unbatch()
   if training:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed).repeat()
   dataset = dataset.batch(batch_size, drop_remainder=training)
@@ -109,6 +173,41 @@ def make_dataset(
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def count_transformed_days(
+    file_pattern: list[str], data_accessor: Any, tf_transform_output: Any
+) -> dict[int, int]:
+  """Examples per UTC day of Transform's output (its `timestamp`), one pass."""
+  from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
+
+  schema = _timestamp_schema(tf_transform_output.transformed_metadata.schema)
+  dataset = data_accessor.tf_dataset_factory(
+      file_pattern,
+      tfxio.TensorFlowDatasetOptions(
+          batch_size=_TIMESTAMP_BATCH, shuffle=False, num_epochs=1, drop_final_batch=False
+      ),
+      schema,
+  )
+  return _day_counts(
+      tf.reshape(batch[features.TIMESTAMP.name], [-1]).numpy() for batch in dataset
+  )
+
+
+def _timestamp_schema(schema: Any) -> Any:
+  """The transformed schema reduced to `timestamp`, so only it is parsed."""
+  reduced = type(schema)()
+  reduced.CopyFrom(schema)
+  del reduced.feature[:]
+  found = [f for f in schema.feature if f.name == features.TIMESTAMP.name]
+  if not found:
+    raise ValueError(
+        "the Transform output has no 'timestamp' feature (a Transform graph "
+        "older than the time-based validation split): rerun Transform, or "
+        "set validation_days=0"
+    )
+  reduced.feature.add().CopyFrom(found[0])
+  return reduced
+
+
 def make_transformed_dataset(
     file_pattern: list[str],
     data_accessor: Any,
@@ -116,6 +215,7 @@ def make_transformed_dataset(
     batch_size: int,
     training: bool,
     seed: Optional[int] = None,
+    time_range: Optional[TimeRange] = None,
 ) -> tf.data.Dataset:
   """Transform's output through TFX's data accessor -> (features, label) batches.
 
@@ -126,6 +226,7 @@ def make_transformed_dataset(
     batch_size: examples per batch (global).
     training: shuffle and repeat forever; otherwise one pass.
     seed: shuffle seed.
+    time_range: keep only the examples whose timestamp lies in it (None: all).
   """
   from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
 
@@ -141,7 +242,15 @@ def make_transformed_dataset(
       ),
       tf_transform_output.transformed_metadata.schema,
   )
-  return dataset.map(
+  dataset = dataset.map(
       lambda batch, label: (batch, tf.reshape(label, [-1])),
       num_parallel_calls=tf.data.AUTOTUNE,
   )
+  if time_range is not None:
+    # The accessor batches; filter example by example, then batch again
+    # (full batches when training, as the accessor's drop_final_batch does).
+    dataset = dataset.unbatch().filter(
+        lambda example, label: time_range.mask(
+            tf.reshape(example[features.TIMESTAMP.name], []))
+    ).batch(batch_size, drop_remainder=training)
+  return dataset

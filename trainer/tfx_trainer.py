@@ -1,34 +1,41 @@
-"""The TFX Trainer's work behind `trainer.model.run_fn`.
+"""The TFX Trainer's entry point: `run_fn` (`Trainer(run_fn="trainer.tfx_trainer.run_fn")`).
 
-Reads Transform's output through `fn_args.data_accessor`, trains under the
-strategy the environment calls for (one device; MirroredStrategy on GPUs;
-MultiWorkerMirroredStrategy from TF_CONFIG), logs to TensorBoard under
-`fn_args.model_run_dir`, keeps BackupAndRestore checkpoints there so a killed
-worker resumes where the last epoch ended, warm-starts from
-`fn_args.base_model` (the last blessed model) when given, and exports the
-SavedModel with `serving_default` (serialized raw tf.Example ->
-probabilities, Transform layer inside) and `transform_features` (for TFMA).
+Reads Transform's output through `fn_args.data_accessor` and runs the shared
+`training.run_training`: the strategy the environment calls for (one device;
+MirroredStrategy on GPUs; MultiWorkerMirroredStrategy from TF_CONFIG),
+TensorBoard under `fn_args.model_run_dir`, BackupAndRestore checkpoints
+there (a killed worker resumes where the last epoch ended; only the run
+whose settings and input files match the fingerprint beside them), early
+stopping on the newest `validation_days` UTC days of the TRAIN split (by the
+`timestamp` Transform passes through; the eval split is only read after
+training), warm start from `fn_args.base_model` (the last blessed model)
+when given, and a chief-only export of the SavedModel with `serving_default`
+(serialized raw tf.Example -> probabilities, Transform layer inside) and
+`transform_features` (for TFMA). `model_run_dir/metrics.json` records the
+run (steps, validation split, best epoch and its metric, Keras eval loss).
 
 `fn_args.custom_config` is a flat dict of ModelConfig/TrainConfig fields
-(unknown keys refused); train and eval steps come from TrainArgs/EvalArgs.
+(unknown keys refused); train and eval steps come from TrainArgs/EvalArgs
+(train steps are the upper bound when early stopping is on).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
 from typing import Any, Mapping, Optional
 
 import tensorflow as tf
 from absl import logging
 
+from preprocessing import transforms
 from trainer import config as config_lib
 from trainer import export
 from trainer import input as input_lib
-from trainer import model as model_lib
 from trainer import training
 
 BACKUP_SUBDIR = "backup"
+METRICS_FILE = "metrics.json"
 
 
 def trainer_configs(
@@ -50,11 +57,11 @@ def trainer_configs(
 
 
 def check_transformed_schema(feature_spec: dict[str, Any], max_seq_len: int) -> None:
-  """The Transform output must hold the model's inputs at the model's length."""
+  """The Transform output must hold `transform_features`' outputs at the model's length."""
   problems = []
-  for name, spec in model_lib.model_input_specs(max_seq_len).items():
+  for name in transforms.OUTPUT_FEATURES:
     found = feature_spec.get(name)
-    want = spec.shape.as_list()[1:]
+    want = [max_seq_len] if name in transforms.SEQUENCE_OUTPUTS else []
     if found is None:
       problems.append(f"{name} missing")
     elif not isinstance(found, tf.io.FixedLenFeature) or list(found.shape) != want:
@@ -66,8 +73,27 @@ def check_transformed_schema(feature_spec: dict[str, Any], max_seq_len: int) -> 
     )
 
 
-def run(fn_args: Any) -> None:
-  """Trains and exports (see the module docstring)."""
+def _check_files(patterns: list[str], split: str) -> list[str]:
+  try:
+    return input_lib.list_files(patterns)
+  except FileNotFoundError as error:
+    raise training.TrainingError(f"the {split} split: {error}") from None
+
+
+def run_fn(fn_args: Any) -> None:
+  """TFX Trainer entry point (see the module docstring).
+
+  Args:
+    fn_args: tfx.components.FnArgs: train/eval files, data_accessor,
+      transform_output, serving_model_dir, model_run_dir, base_model,
+      train_steps, eval_steps, custom_config.
+
+  Raises:
+    config_lib.ConfigError: bad custom_config or a Transform output that does
+      not fit the model.
+    training.TrainingError: an empty split, too few training days for the
+      validation split, or model_run_dir holding another run's checkpoint.
+  """
   import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
 
   model_config, train_config = trainer_configs(
@@ -78,37 +104,42 @@ def run(fn_args: Any) -> None:
   check_transformed_schema(
       tf_transform_output.transformed_feature_spec(), model_config.max_seq_len
   )
-  strategy = training.choose_strategy()
-  train_dataset = input_lib.make_transformed_dataset(
-      fn_args.train_files, fn_args.data_accessor, tf_transform_output,
-      train_config.batch_size, training=True, seed=model_config.seed,
+  train_files = _check_files(list(fn_args.train_files), "train")
+  _check_files(list(fn_args.eval_files), "eval")
+
+  def dataset(time_range, is_training):
+    return input_lib.make_transformed_dataset(
+        fn_args.train_files, fn_args.data_accessor, tf_transform_output,
+        train_config.batch_size, training=is_training,
+        seed=model_config.seed if is_training else None, time_range=time_range,
+    )
+
+  run = training.run_training(
+      model_config, train_config,
+      training.TrainingData(
+          train_files,
+          lambda: input_lib.count_transformed_days(
+              fn_args.train_files, fn_args.data_accessor, tf_transform_output),
+          dataset,
+      ),
+      run_dir=fn_args.model_run_dir,
+      backup_dir=os.path.join(fn_args.model_run_dir, BACKUP_SUBDIR),
+      log_dir=fn_args.model_run_dir,
+      export_fn=lambda model, export_dir: export.export_with_transform(
+          model, export_dir, tf_transform_output),
+      export_dir=fn_args.serving_model_dir,
+      base_model=fn_args.base_model,
   )
   eval_dataset = input_lib.make_transformed_dataset(
       fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
       train_config.batch_size, training=False,
   )
-  with strategy.scope():
-    model = model_lib.build_model(model_config)
-    training.compile_model(model, train_config)
-  if fn_args.base_model:
-    training.warm_start(model, fn_args.base_model)
-  callbacks = [
-      tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
-      # Restores the newest epoch-end state (weights, optimizer, epoch) when
-      # a restarted worker finds one; it overrides the warm start, as it should.
-      tf.keras.callbacks.BackupAndRestore(
-          backup_dir=os.path.join(fn_args.model_run_dir, BACKUP_SUBDIR)
-      ),
-  ]
-  training.fit(model, train_dataset, train_config, callbacks)
-  evaluation = model.evaluate(
+  evaluation = run.model.evaluate(
       eval_dataset, steps=train_config.eval_steps, return_dict=True, verbose=0
   )
   logging.info("run_fn eval (Keras): %s", evaluation)
-
-  chief = training.is_chief(strategy)
-  # Every worker saves (saving may run collectives); only the chief's copy stays.
-  export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp()
-  export.export_with_transform(model, export_dir, tf_transform_output)
-  if not chief:
-    tf.io.gfile.rmtree(export_dir)
+  if run.chief:
+    summary = {**run.summary(), "eval_keras": {k: float(v) for k, v in evaluation.items()},
+               "model_config": model_config.to_dict(), "train_config": train_config.to_dict()}
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, METRICS_FILE), "w") as f:
+      json.dump(summary, f, indent=2, sort_keys=True)

@@ -3,18 +3,32 @@ r"""Standalone trainer: ingestion TFRecords in, metrics.json and a SavedModel ou
   python -m trainer.train --train_files='DIR/train/*.tfrecord.gz' \
       --eval_files='DIR/eval/*.tfrecord.gz' --model=eta --max_seq_len=1024 \
       --train_steps=1000 --batch_size=256 --output_dir=OUT \
-      [--hparams='{"num_heads": 4, "top_k": 32}']
+      [--hparams='{"num_heads": 4, "top_k": 32}'] [--overwrite]
 
 Applies the same `transform_features` as the TFX pipeline. Writes
 OUT/metrics.json (auc, gauc, logloss, mean_prediction, mean_label,
-calibration, examples_per_sec_train, examples_per_sec_eval, the configs) and
+calibration, examples_per_sec_train, examples_per_sec_eval, the steps run,
+the validation split and early stopping's best epoch, the configs) and
 OUT/saved_model (`serving_default`: serialized raw tf.Example ->
 probabilities). Progress is logged at each epoch end (--steps_per_epoch).
+
+Early stopping (on unless --hparams sets validation_days 0): the last
+validation_days UTC days of the TRAINING files validate at each epoch end;
+training stops after early_stopping_patience epochs without a better
+early_stopping_metric and keeps the best epoch; --train_steps is the upper
+bound. The eval files are read only after training.
+
+A killed run resumes from OUT/backup when rerun with the same settings and
+training files; another run into the same OUT is refused (--overwrite
+deletes the old run's state and outputs and starts afresh). Mistakes
+(globs matching nothing, empty inputs, too few days, another run's OUT) end
+with a one-line `error:` and exit code 2.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Sequence
 
 from absl import app
@@ -27,7 +41,7 @@ from preprocessing import features
 def _define_flags() -> None:
   # Defined only when run as a program, so that other modules (tests,
   # other entry points) can import this one: absl flags are global.
-  global _TRAIN_FILES, _EVAL_FILES, _OUTPUT_DIR, _MODEL, _MAX_SEQ_LEN, _TRAIN_STEPS, _BATCH_SIZE, _EVAL_BATCH_SIZE, _EVAL_STEPS, _LEARNING_RATE, _STEPS_PER_EPOCH, _SEED, _HPARAMS
+  global _TRAIN_FILES, _EVAL_FILES, _OUTPUT_DIR, _MODEL, _MAX_SEQ_LEN, _TRAIN_STEPS, _BATCH_SIZE, _EVAL_BATCH_SIZE, _EVAL_STEPS, _LEARNING_RATE, _STEPS_PER_EPOCH, _SEED, _HPARAMS, _OVERWRITE
   _TRAIN_FILES = flags.DEFINE_list("train_files", None, "Glob(s) of training TFRecords.")
   _EVAL_FILES = flags.DEFINE_list("eval_files", None, "Glob(s) of eval TFRecords.")
   _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where metrics.json and saved_model go.")
@@ -35,7 +49,9 @@ def _define_flags() -> None:
   _MAX_SEQ_LEN = flags.DEFINE_integer(
       "max_seq_len", features.DEFAULT_MAX_SEQ_LEN, "History length L of the model."
   )
-  _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 1000, "Optimizer steps.")
+  _TRAIN_STEPS = flags.DEFINE_integer(
+      "train_steps", 1000, "Optimizer steps (the upper bound with early stopping)."
+  )
   _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Training batch size.")
   _EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 1024, "Eval batch size.")
   _EVAL_STEPS = flags.DEFINE_integer("eval_steps", None, "Eval batches (default: all).")
@@ -48,6 +64,11 @@ def _define_flags() -> None:
       "hparams", "{}",
       "JSON object of further ModelConfig/TrainConfig fields (unknown keys are "
       "refused), e.g. '{\"top_k\": 32, \"jit_compile\": false}'.",
+  )
+  _OVERWRITE = flags.DEFINE_bool(
+      "overwrite", False,
+      "If --output_dir holds another run (other settings or training files), "
+      "delete its backup and outputs and start afresh instead of refusing.",
   )
 
 
@@ -79,6 +100,7 @@ def main(argv: Sequence[str]) -> None:
   environment.check_environment()
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer import standalone  # pylint: disable=g-import-not-at-top
+  from trainer import training  # pylint: disable=g-import-not-at-top
 
   for flag in (_TRAIN_FILES, _EVAL_FILES, _OUTPUT_DIR):
     if not flag.value:
@@ -87,14 +109,20 @@ def main(argv: Sequence[str]) -> None:
     model_config, train_config = config_lib.split_flat_config(settings_from_flags())
   except config_lib.ConfigError as error:
     raise app.UsageError(str(error)) from None
-  result = standalone.train_and_evaluate(
-      train_files=_TRAIN_FILES.value,
-      eval_files=_EVAL_FILES.value,
-      output_dir=_OUTPUT_DIR.value,
-      model_config=model_config,
-      train_config=train_config,
-      eval_batch_size=_EVAL_BATCH_SIZE.value,
-  )
+  try:
+    result = standalone.train_and_evaluate(
+        train_files=_TRAIN_FILES.value,
+        eval_files=_EVAL_FILES.value,
+        output_dir=_OUTPUT_DIR.value,
+        model_config=model_config,
+        train_config=train_config,
+        eval_batch_size=_EVAL_BATCH_SIZE.value,
+        overwrite=_OVERWRITE.value,
+    )
+  except training.TrainingError as error:
+    # A mistake the user can fix: one line, no traceback.
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
   logging.info(
       "%s: auc %.4f gauc %.4f logloss %.4f calibration %.3f, %.0f train examples/s",
       model_config.model, result["auc"], result["gauc"], result["logloss"],
