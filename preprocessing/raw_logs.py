@@ -26,6 +26,9 @@ pipeline was built), so a negative, zero, millisecond or far-future timestamp
 is a ``bad_timestamp`` reject. The upper bound is fixed once per run and passed
 to every worker, so all workers judge a row the same way.
 
+Lines end in ``\n``, ``\r\n`` or a lone ``\r`` (`iter_lines`); a UTF-8
+byte-order mark before a file's first line is dropped.
+
 Parquet input is read as rows keyed by the same column names as the CSV
 header (``behavior`` Parquet uses the column names above); the "original line"
 of a Parquet row in a reject is its JSON.
@@ -40,7 +43,7 @@ import math
 import re
 import time
 import zlib
-from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 from preprocessing import features
 
@@ -57,6 +60,9 @@ UNKNOWN_BEHAVIOR_TYPE = "unknown_behavior_type"
 BAD_LABEL = "bad_label"
 BAD_RATING = "bad_rating"
 UNKNOWN_ITEM = "unknown_item"
+# A whole input file that cannot be read to its end (a truncated or corrupt
+# .gz): one reject for the file, none of its rows used.
+CORRUPT_FILE = "corrupt_file"
 
 REJECT_REASONS: tuple[str, ...] = (
     BAD_ENCODING,
@@ -71,6 +77,7 @@ REJECT_REASONS: tuple[str, ...] = (
     BAD_LABEL,
     BAD_RATING,
     UNKNOWN_ITEM,
+    CORRUPT_FILE,
 )
 
 INPUT_FORMATS: tuple[str, ...] = ("behavior", "impressions", "movielens")
@@ -385,6 +392,46 @@ MOVIELENS_RATING_ROWS = RowKind(
 MOVIELENS_MOVIE_ROWS = RowKind(
     "movielens_movie", MOVIELENS_MOVIE_COLUMNS, True, True, parse_movie_fields
 )
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def iter_lines(stream: Any, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+  """The lines of a binary stream, without their ends, streamed in chunks.
+
+  Any of ``\n``, ``\r\n`` and a lone ``\r`` ends a line (a log written with
+  old Mac line ends would otherwise be one giant row); a final line without an
+  end is still a line; a UTF-8 BOM at the start of the stream is dropped.
+  """
+  pending = b""
+  first = True
+  while True:
+    chunk = stream.read(chunk_size)
+    if not chunk:
+      break
+    data = pending + chunk
+    # A chunk ending in \r may be the first half of a \r\n: hold it back.
+    hold = b""
+    if data.endswith(b"\r"):
+      data, hold = data[:-1], b"\r"
+    parts = _LINE_END.split(data)
+    pending = parts.pop() + hold
+    for line in parts:
+      if first:
+        line, first = _strip_bom(line), False
+      yield line
+  if first:
+    pending = _strip_bom(pending)  # a file holding only a BOM has no line
+  if pending:
+    if pending.endswith(b"\r"):
+      pending = pending[:-1]
+    yield pending
+
+
+def _strip_bom(line: bytes) -> bytes:
+  return line[len(UTF8_BOM):] if line.startswith(UTF8_BOM) else line
 
 
 def parse_line(

@@ -82,8 +82,10 @@ def test_malformed_rows_are_rejected_with_the_reason_and_line(kind, line, reason
 
 
 def test_every_reason_is_produced_somewhere():
-  """The closed set has no dead entries (unknown_item comes from the lookup)."""
-  produced = {reason for _, _, reason in MALFORMED} | {raw_logs.UNKNOWN_ITEM}
+  """The closed set has no dead entries (unknown_item comes from the lookup,
+  corrupt_file from reading a whole file: tests/test_build_examples.py)."""
+  produced = {reason for _, _, reason in MALFORMED} | {
+      raw_logs.UNKNOWN_ITEM, raw_logs.CORRUPT_FILE}
   assert produced == set(raw_logs.REJECT_REASONS)
 
 
@@ -160,3 +162,32 @@ def test_timestamp_bounds():
     raw_logs.TimestampBounds(10, 5)
   with pytest.raises(TypeError):
     raw_logs.TimestampBounds(1.5, 5)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 5, 1 << 20])
+@pytest.mark.parametrize("data,lines", [
+    (b"a\nb\n", [b"a", b"b"]),
+    (b"a\r\nb\r\n", [b"a", b"b"]),
+    (b"a\rb\r", [b"a", b"b"]),  # old Mac line ends
+    (b"a\rb\r\nc\nd", [b"a", b"b", b"c", b"d"]),  # mixed, no final end
+    (b"a\n\nb", [b"a", b"", b"b"]),  # a blank line stays (an empty_line reject)
+    (b"a\r\r\n", [b"a", b""]),
+    (b"\xef\xbb\xbfh\r\nx\xef\xbb\xbf\n", [b"h", b"x\xef\xbb\xbf"]),  # BOM only at the start
+    (b"\xef\xbb\xbf", []),  # only a BOM: no line
+    (b"", []),
+])
+def test_iter_lines_splits_on_every_line_end_across_chunk_boundaries(data, lines, chunk_size):
+  import io
+
+  assert list(raw_logs.iter_lines(io.BytesIO(data), chunk_size)) == lines
+  # The same as Python's universal newlines on the text.
+  expected = data.decode("utf-8").lstrip("\ufeff").splitlines()
+  assert [l.decode("utf-8") for l in lines] == expected
+
+
+def test_a_header_after_a_bom_is_a_header():
+  import io
+
+  data = b"\xef\xbb\xbfuser_id,item_id,category_id,timestamp,clicked\r\n"
+  (line,) = raw_logs.iter_lines(io.BytesIO(data))
+  assert _impression(line) == Header(SRC)
