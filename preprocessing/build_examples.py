@@ -7,7 +7,13 @@ r"""Builds point-in-time long-sequence TFRecords from raw logs with Beam.
 
 Writes OUTPUT_DIR/train/*.tfrecord.gz, OUTPUT_DIR/eval/*.tfrecord.gz,
 OUTPUT_DIR/rejected/*.jsonl (dead letters) and OUTPUT_DIR/summary.json, checks
-that rows_read == rows_valid + rows_rejected and prints the summary.
+that rows_read == rows_valid + rows_rejected and prints the summary. The job
+writes into a fresh directory beside OUTPUT_DIR and moves it into place only
+when it succeeded; a non-empty OUTPUT_DIR is refused unless --overwrite. It
+fails (exit 1, one line on stderr, nothing written) on a glob matching
+nothing, bad settings, an input file that cannot be read whole (a truncated
+.gz), no train or no eval examples (unless --allow_empty_split) and, with
+--min_volume_ratio, an eval day far smaller than the earlier days.
 
 Arguments this binary does not define go to Beam's PipelineOptions unchanged
 (e.g. --runner=DataflowRunner --project=... --region=... --temp_location=gs://
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import sys
 from typing import Optional, Sequence
 
 from absl import app
@@ -32,7 +39,7 @@ from preprocessing import raw_logs
 def _define_flags() -> None:
   # Defined only when run as a program, so that other modules (tests,
   # other entry points) can import this one: absl flags are global.
-  global _INPUT, _INPUT_FORMAT, _BEHAVIOR_LOG, _MOVIES, _FILE_TYPE, _OUTPUT_DIR, _MAX_SEQ_LEN, _NEG_PER_POS, _MIN_HISTORY, _EVAL_DAYS, _SEED, _CHUNK_SECONDS, _MAX_TIMESTAMP
+  global _INPUT, _INPUT_FORMAT, _BEHAVIOR_LOG, _MOVIES, _FILE_TYPE, _OUTPUT_DIR, _MAX_SEQ_LEN, _NEG_PER_POS, _MIN_HISTORY, _EVAL_DAYS, _SEED, _CHUNK_SECONDS, _MAX_TIMESTAMP, _OVERWRITE, _ALLOW_EMPTY_SPLIT, _MIN_VOLUME_RATIO
   _INPUT = flags.DEFINE_list(
       "input", None,
       "Glob(s) of the main input: the behaviour log (behavior), the impression "
@@ -78,12 +85,25 @@ def _define_flags() -> None:
       "max_timestamp", None,
       "Latest valid timestamp (Unix seconds); default: one day after now.",
   )
+  _OVERWRITE = flags.DEFINE_bool(
+      "overwrite", False,
+      "Replace a non-empty --output_dir whole (otherwise it is refused).",
+  )
+  _ALLOW_EMPTY_SPLIT = flags.DEFINE_bool(
+      "allow_empty_split", False,
+      "Succeed even with no train or no eval examples (otherwise an error).",
+  )
+  _MIN_VOLUME_RATIO = flags.DEFINE_float(
+      "min_volume_ratio", 0.0,
+      "Fail when an eval day's behaviours, impressions or examples fall below "
+      "this fraction of the median of the earlier days (0: no check).",
+  )
 
 def _default_movies(input_globs: Sequence[str]) -> list[str]:
   return [posixpath.join(posixpath.dirname(input_globs[0]), "movies.csv")]
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str]) -> Optional[int]:
   environment.check_environment()
   from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
 
@@ -93,29 +113,50 @@ def main(argv: Sequence[str]) -> None:
   movies: Optional[list[str]] = None
   if _INPUT_FORMAT.value == "movielens":
     movies = _MOVIES.value or _default_movies(_INPUT.value)
-  config = ingestion.IngestionConfig(
-      input_format=_INPUT_FORMAT.value,
-      input_patterns=tuple(_INPUT.value),
-      behavior_patterns=tuple(_BEHAVIOR_LOG.value or ()),
-      movies_patterns=tuple(movies or ()),
-      file_type=_FILE_TYPE.value,
-      max_seq_len=_MAX_SEQ_LEN.value,
-      min_history=_MIN_HISTORY.value,
-      eval_days=_EVAL_DAYS.value,
-      chunk_seconds=_CHUNK_SECONDS.value,
-      neg_per_pos=_NEG_PER_POS.value,
-      seed=_SEED.value,
-      max_timestamp=_MAX_TIMESTAMP.value,
-  )
+  try:
+    config = ingestion.IngestionConfig(
+        input_format=_INPUT_FORMAT.value,
+        input_patterns=tuple(_INPUT.value),
+        behavior_patterns=tuple(_BEHAVIOR_LOG.value or ()),
+        movies_patterns=tuple(movies or ()),
+        file_type=_FILE_TYPE.value,
+        max_seq_len=_MAX_SEQ_LEN.value,
+        min_history=_MIN_HISTORY.value,
+        eval_days=_EVAL_DAYS.value,
+        chunk_seconds=_CHUNK_SECONDS.value,
+        neg_per_pos=_NEG_PER_POS.value,
+        seed=_SEED.value,
+        max_timestamp=_MAX_TIMESTAMP.value,
+        min_volume_ratio=_MIN_VOLUME_RATIO.value,
+    )
+  except (ValueError, TypeError) as error:
+    print(f"build_examples: error: {error}", file=sys.stderr)
+    return 1
   beam_args = ingestion.beam_args_with_defaults(argv[1:])
   logging.info("Beam args: %s", beam_args)
-  summary = ingestion.run(config, _OUTPUT_DIR.value, beam_args)
+  try:
+    summary = ingestion.run(
+        config, _OUTPUT_DIR.value, beam_args, overwrite=_OVERWRITE.value,
+        allow_empty_split=_ALLOW_EMPTY_SPLIT.value,
+    )
+  except ingestion.IngestionError as error:
+    # A glob matching nothing, an occupied or unwritable output_dir, a
+    # corrupt input file, no train/eval examples: one line, no traceback.
+    print(f"build_examples: error: {error}", file=sys.stderr)
+    return 1
   print(json.dumps(summary, indent=2, sort_keys=True))
+  return 0
 
 
 def _parse_known_flags(argv: list[str]) -> list[str]:
-  """Parses this binary's flags; the rest (Beam's) stay in argv."""
-  return flags.FLAGS(argv, known_only=True)
+  """Parses this binary's flags; the rest (Beam's) stay in argv. --help
+  exits 0 (absl's exits 1)."""
+  try:
+    return flags.FLAGS(argv, known_only=True)
+  except SystemExit as done:
+    if done.code == 1 and any(a in ("--help", "-h", "-?", "--helpfull", "--helpshort") for a in argv[1:]):
+      sys.exit(0)
+    raise
 
 
 if __name__ == "__main__":

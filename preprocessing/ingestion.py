@@ -25,9 +25,16 @@ call `register_tf_filesystems` (imports tensorflow_io) first.
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import datetime
+import gzip
 import json
+import os
 import posixpath
+import statistics
+import uuid
+import zlib
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
@@ -61,6 +68,15 @@ class SummaryMismatchError(AssertionError):
   """The summary does not account for every row read."""
 
 
+class IngestionError(Exception):
+  """A job that cannot run or whose output must not be used (bad input, an
+  occupied output_dir ...): the CLI prints it as one line."""
+
+
+class NoMatchError(IngestionError, FileNotFoundError):
+  """An input pattern matches no file."""
+
+
 def _tuple_of_str(name: str, value: Any) -> tuple[str, ...]:
   if isinstance(value, str):
     value = (value,)
@@ -91,6 +107,9 @@ class IngestionConfig:
       inclusive); max None: one day after the config was made.
     eval_start_timestamp, impression_start_timestamp, impression_end_timestamp:
       see sequence_builder.SequenceConfig (the ExampleGen sets them per span).
+    min_volume_ratio: an eval day whose behaviours, impressions or examples
+      fall below this fraction of the median of the earlier days is a volume
+      problem (`volume_problems`); 0 disables the check.
   """
 
   input_format: str
@@ -109,6 +128,7 @@ class IngestionConfig:
   eval_start_timestamp: Optional[int] = None
   impression_start_timestamp: Optional[int] = None
   impression_end_timestamp: Optional[int] = None
+  min_volume_ratio: float = 0.0
 
   def __post_init__(self):
     if self.input_format not in raw_logs.INPUT_FORMATS:
@@ -132,6 +152,14 @@ class IngestionConfig:
       raise ValueError("input_format='movielens' needs movies_patterns")
     if self.input_format != "movielens" and self.movies_patterns:
       raise ValueError("movies_patterns is only read for 'movielens'")
+    if isinstance(self.min_volume_ratio, bool) or not isinstance(
+        self.min_volume_ratio, (int, float)
+    ) or not 0.0 <= self.min_volume_ratio < 1.0:
+      raise ValueError(
+          f"min_volume_ratio={self.min_volume_ratio!r} must be a number in "
+          "[0, 1) (0: no volume check)"
+      )
+    object.__setattr__(self, "min_volume_ratio", float(self.min_volume_ratio))
     if self.max_timestamp is None:
       object.__setattr__(
           self, "max_timestamp", raw_logs.TimestampBounds.up_to_now().max_timestamp
@@ -174,7 +202,7 @@ def expand_patterns(patterns: Sequence[str]) -> list[str]:
   for pattern, result in zip(patterns, results):
     matched = [m.path for m in result.metadata_list]
     if not matched:
-      raise FileNotFoundError(f"no file matches {pattern!r}")
+      raise NoMatchError(f"no file matches {pattern!r}")
     paths.extend(matched)
   return sorted(set(paths))
 
@@ -222,6 +250,78 @@ class _ParseRows(beam.DoFn):
         yield result
 
 
+def open_decompressed(path: str):
+  """A binary stream of the file's content; .gz and .bz2 are decompressed.
+
+  Python's own gzip/bz2 readers, not Beam's: they raise at the end of a
+  truncated stream and check gzip's CRC and length, where Beam's reader
+  returns what it got.
+  """
+  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
+
+  raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+  if path.endswith(".gz"):
+    return gzip.GzipFile(fileobj=raw, mode="rb")
+  if path.endswith(".bz2"):
+    return bz2.BZ2File(raw, mode="rb")
+  return raw
+
+
+class CorruptFileError(IngestionError, IOError):
+  """An input file could not be read to its end."""
+
+
+def verify_readable(path: str) -> None:
+  """Reads a compressed file to its end; raises CorruptFileError if it cannot."""
+  if not path.endswith((".gz", ".bz2")):
+    return
+  try:
+    with open_decompressed(path) as stream:
+      while stream.read(1 << 20):
+        pass
+  except (OSError, EOFError, zlib.error) as error:
+    raise CorruptFileError(
+        f"{path}: {type(error).__name__}: {error}"
+    ) from None
+
+
+class _ReadWholeFiles(beam.DoFn):
+  """path -> (path, raw line bytes) for every line of the file, or nothing
+  but one `corrupt_file` Reject (tagged) when the file cannot be read whole.
+
+  A compressed file is decompressed to its end once before any of its lines
+  is emitted (a second pass then streams the lines), so a truncated .gz never
+  yields a partial file. Lines are bytes: invalid UTF-8 becomes a reject
+  instead of a crash. One file is one task: files are not split into ranges.
+  """
+
+  CORRUPT = "corrupt"
+
+  def __init__(self, kind: raw_logs.RowKind):
+    self._kind = kind
+    self._read = beam.metrics.Metrics.counter(
+        _METRICS_NAMESPACE, f"{ROWS_READ}_{kind.name}"
+    )
+    self._rejected = beam.metrics.Metrics.counter(
+        _METRICS_NAMESPACE, f"{ROWS_REJECTED}_{kind.name}"
+    )
+
+  def process(self, path: str):
+    try:
+      verify_readable(path)
+    except CorruptFileError as error:
+      self._read.inc()
+      self._rejected.inc()
+      yield beam.pvalue.TaggedOutput(
+          self.CORRUPT,
+          raw_logs.Reject(raw_logs.CORRUPT_FILE, "", path, str(error)),
+      )
+      return
+    with open_decompressed(path) as stream:
+      for line in raw_logs.iter_lines(stream):
+        yield path, line
+
+
 class _LookupMovie(beam.DoFn):
   """(Rating, raw row, source) -> its Behavior and Impression (tagged) or a Reject."""
 
@@ -264,15 +364,17 @@ def _read_rows(
   """Reads and parses every file of `patterns` as rows of `kind`."""
   paths = expand_patterns(patterns)
   files = pipeline | f"{label}Files" >> beam.Create(paths)
+  corrupt = []
   if config.is_parquet(patterns):
     raw = files | f"{label}ReadParquet" >> beam.io.ReadAllFromParquet(
         with_filename=True
     )
   else:
-    # Bytes, not str: invalid UTF-8 becomes a reject instead of a crash.
-    raw = files | f"{label}ReadText" >> beam.io.ReadAllFromText(
-        with_filename=True, coder=beam.coders.BytesCoder()
-    )
+    read = files | f"{label}ReadText" >> beam.ParDo(
+        _ReadWholeFiles(kind)
+    ).with_outputs(_ReadWholeFiles.CORRUPT, main="lines")
+    raw = read["lines"]
+    corrupt = [read[_ReadWholeFiles.CORRUPT]]
   parsed = raw | f"{label}Parse" >> beam.ParDo(
       _ParseRows(kind, config.timestamp_bounds())
   ).with_outputs(_ParseRows.REJECTS, _ParseRows.HEADERS, main="events")
@@ -280,13 +382,23 @@ def _read_rows(
   headers = parsed[_ParseRows.HEADERS] | f"{label}CountHeaders" >> (
       beam.combiners.Count.Globally()
   )
-  stats = (
+  stats = [
       (lines | f"{label}ReadStat" >> beam.Map(lambda n: (ROWS_READ, n))),
       (headers | f"{label}HeaderStat" >> beam.Map(lambda n: (HEADER_LINES, n))),
       # A header is not a row read.
       (headers | f"{label}HeaderUnread" >> beam.Map(lambda n: (ROWS_READ, -n))),
-  ) | f"{label}Stats" >> beam.Flatten()
-  return _Parsed(parsed["events"], parsed[_ParseRows.REJECTS], stats)
+  ]
+  rejects = parsed[_ParseRows.REJECTS]
+  if corrupt:
+    # A corrupt file counts as one row read and rejected.
+    stats.append(
+        corrupt[0]
+        | f"{label}CountCorrupt" >> beam.combiners.Count.Globally()
+        | f"{label}CorruptStat" >> beam.Map(lambda n: (ROWS_READ, n))
+    )
+    rejects = (rejects, corrupt[0]) | f"{label}AllRejects" >> beam.Flatten()
+  stats = tuple(stats) | f"{label}Stats" >> beam.Flatten()
+  return _Parsed(parsed["events"], rejects, stats)
 
 
 def _count_valid(label: str, events) -> Any:
@@ -392,6 +504,7 @@ def expand_ingestion(
       "BuildExamples" >> sequence_builder.BuildExamples(config.sequence_config())
   )
   stats.append(built["stats"])
+  stats.append(_daily_volume(behaviors, impressions, built["train"], built["eval"]))
   all_rejects = tuple(rejects) | "FlattenRejects" >> beam.Flatten()
   reject_stats = all_rejects | "RejectReasons" >> beam.Map(
       lambda r: (_REJECT_PREFIX + r.reason, 1)
@@ -410,6 +523,111 @@ def expand_ingestion(
       )
   )
   return IngestionOutputs(built["train"], built["eval"], all_rejects, summary)
+
+
+_DAY_PREFIX = "day:"
+VOLUME_MEASURES: tuple[str, ...] = ("behaviors", "impressions", "examples")
+_SECONDS_PER_DAY = sequence_builder.SECONDS_PER_DAY
+
+
+class _ExampleDay(beam.DoFn):
+  """Serialized example -> the UTC day (days since epoch) of its timestamp."""
+
+  def setup(self):
+    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+
+    self._example_pb2 = example_pb2
+
+  def process(self, serialized):
+    example = self._example_pb2.Example.FromString(serialized)
+    feature = example.features.feature[features.TIMESTAMP.name]
+    yield feature.int64_list.value[0] // _SECONDS_PER_DAY
+
+
+def _daily_volume(behaviors, impressions, train, eval_examples):
+  """(day:<measure>:<day>, count) stats: the volume of every UTC day."""
+  examples = (train, eval_examples) | "AllExamples" >> beam.Flatten()
+  parts = (
+      behaviors | "BehaviorDay" >> beam.Map(lambda b: b.timestamp // _SECONDS_PER_DAY),
+      impressions | "ImpressionDay" >> beam.Map(
+          lambda i: i.timestamp // _SECONDS_PER_DAY
+      ),
+      examples | "ExampleDay" >> beam.ParDo(_ExampleDay()),
+  )
+  counted = [
+      days
+      | f"Count{measure.capitalize()}ByDay" >> beam.combiners.Count.PerElement()
+      | f"{measure.capitalize()}DayStat" >> beam.MapTuple(
+          lambda day, n, m=measure: (f"{_DAY_PREFIX}{m}:{day}", n)
+      )
+      for measure, days in zip(VOLUME_MEASURES, parts)
+  ]
+  return tuple(counted) | "FlattenDayStats" >> beam.Flatten()
+
+
+def _volume_by_day(
+    stats: Mapping[str, int], config: IngestionConfig
+) -> dict[str, dict[str, int]]:
+  """ISO day -> measure -> count, for the days of the impression window
+  (a span's window, or the first to the last day with impressions)."""
+  counts: dict[int, dict[str, int]] = {}
+  for name, n in stats.items():
+    if name.startswith(_DAY_PREFIX):
+      measure, day = name[len(_DAY_PREFIX):].split(":")
+      counts.setdefault(int(day), {})[measure] = n
+  if config.impression_start_timestamp is not None and (
+      config.impression_end_timestamp is not None
+  ):
+    first = config.impression_start_timestamp // _SECONDS_PER_DAY
+    last = (config.impression_end_timestamp - 1) // _SECONDS_PER_DAY
+  else:
+    days = [d for d, c in counts.items() if c.get("impressions")]
+    if not days:
+      return {}
+    first, last = min(days), max(days)
+  epoch = datetime.date(1970, 1, 1)
+  return {
+      (epoch + datetime.timedelta(days=day)).isoformat(): {
+          m: counts.get(day, {}).get(m, 0) for m in VOLUME_MEASURES
+      }
+      for day in range(first, last + 1)
+  }
+
+
+def volume_problems(
+    volume_by_day: Mapping[str, Mapping[str, int]],
+    eval_start_timestamp: Optional[int],
+    min_ratio: float,
+) -> list[str]:
+  """Eval days whose volume fell far below the earlier days' (one line each).
+
+  Each eval day's behaviours, impressions and examples are compared with the
+  median of that measure over the earlier days of the window that have any
+  (a day before the log began is no reference). A lost half-day, a truncated
+  file or a missing shard shows up here even when every row read was valid.
+  """
+  if min_ratio <= 0 or eval_start_timestamp is None:
+    return []
+  eval_day = datetime.date(1970, 1, 1) + datetime.timedelta(
+      days=eval_start_timestamp // _SECONDS_PER_DAY
+  )
+  earlier = [d for d in volume_by_day if d < eval_day.isoformat()]
+  later = sorted(d for d in volume_by_day if d >= eval_day.isoformat())
+  problems = []
+  for measure in VOLUME_MEASURES:
+    reference = [volume_by_day[d][measure] for d in earlier if volume_by_day[d][measure]]
+    if not reference:
+      continue
+    median = statistics.median(reference)
+    for day in later:
+      n = volume_by_day[day][measure]
+      if n < min_ratio * median:
+        problems.append(
+            f"{day}: {n} {measure}, {n / median:.0%} of the median {median:g} "
+            f"of {len(reference)} earlier day(s) (min_volume_ratio "
+            f"{min_ratio:g})"
+        )
+  return problems
 
 
 def _make_summary(
@@ -435,6 +653,10 @@ def _make_summary(
       summary["history_positions"] / examples if examples else 0.0
   )
   summary["eval_start_timestamp"] = eval_start
+  summary["volume_by_day"] = _volume_by_day(stats, config)
+  summary["volume_problems"] = volume_problems(
+      summary["volume_by_day"], eval_start, config.min_volume_ratio
+  )
   summary["config"] = dataclasses.asdict(config)
   return summary
 
@@ -551,32 +773,179 @@ def beam_args_with_defaults(beam_args: Sequence[str]) -> list[str]:
   return args
 
 
+class OutputDirError(IngestionError, IOError):
+  """The output directory is not empty (without overwrite) or not writable."""
+
+
+class EmptySplitError(IngestionError, ValueError):
+  """The job built no train or no eval examples."""
+
+
+class VolumeError(IngestionError, ValueError):
+  """An eval day's volume fell far below the earlier days' (see volume_problems)."""
+
+
+def _is_local(path: str) -> bool:
+  return "://" not in path
+
+
+def _has_content(path: str) -> bool:
+  if _is_local(path):
+    if os.path.isfile(path):
+      raise OutputDirError(f"output_dir {path} is a file, not a directory")
+    return os.path.isdir(path) and bool(os.listdir(path))
+  return bool(FileSystems.match([posixpath.join(path, "**")])[0].metadata_list)
+
+
+def _files_under(path: str) -> list[str]:
+  (result,) = FileSystems.match([posixpath.join(path, "**")])
+  return sorted(m.path for m in result.metadata_list)
+
+
+def _move_into_place(staging: str, output_dir: str, overwrite: bool) -> None:
+  """Replaces output_dir by staging (whole: no file of an older run stays)."""
+  if overwrite and FileSystems.exists(output_dir):
+    FileSystems.delete([output_dir])
+  if _is_local(output_dir):
+    os.replace(staging, output_dir)  # atomic on one local file system
+    return
+  # Object stores have no directory rename: move the files, summary.json
+  # last, so that a reader who finds the summary finds every file.
+  sources = _files_under(staging)
+  sources.sort(key=lambda p: p.endswith("/" + SUMMARY_FILE))
+  targets = [output_dir + p[len(staging):] for p in sources]
+  FileSystems.rename(sources, targets)
+  FileSystems.delete([staging])
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> str:
+  """Checks output_dir may be written and makes a fresh staging directory
+  beside it; returns the staging directory.
+
+  Raises:
+    OutputDirError: output_dir has content and `overwrite` is False, or its
+      parent cannot be written.
+  """
+  output_dir = output_dir.rstrip("/")
+  if _has_content(output_dir) and not overwrite:
+    raise OutputDirError(
+        f"output_dir {output_dir} is not empty; pass --overwrite to replace it "
+        "whole (outputs of two runs are never mixed)"
+    )
+  staging = f"{output_dir}.tmp-{uuid.uuid4().hex[:12]}"
+  try:
+    FileSystems.mkdirs(staging)
+  except (OSError, IOError) as error:
+    raise OutputDirError(
+        f"cannot write beside output_dir {output_dir}: {error}"
+    ) from None
+  return staging
+
+
+def check_outputs(summary: Mapping[str, Any], output_dir: str, allow_empty_split: bool) -> None:
+  """Fails the job on a corrupt input file or an empty split (see `run`)."""
+  corrupt = summary["rejected_by_reason"].get(raw_logs.CORRUPT_FILE, 0)
+  if corrupt:
+    details = [
+        r["detail"] for r in read_rejects(output_dir)
+        if r["reason"] == raw_logs.CORRUPT_FILE
+    ]
+    raise CorruptFileError(
+        f"{corrupt} input file(s) could not be read whole, none of their rows "
+        f"used: {'; '.join(sorted(details))}"
+    )
+  if summary.get("volume_problems"):
+    raise VolumeError(
+        "the eval day's volume fell far below the earlier days': "
+        + "; ".join(summary["volume_problems"])
+    )
+  empty = [
+      split for split in (sequence_builder.TRAIN, sequence_builder.EVAL)
+      if summary[f"examples_{split}"] == 0
+  ]
+  if empty and not allow_empty_split:
+    raise EmptySplitError(
+        f"no {' and no '.join(empty)} examples (rows_read={summary[ROWS_READ]}, "
+        f"rows_rejected={summary[ROWS_REJECTED]}, impressions="
+        f"{summary[sequence_builder.STAT_IMPRESSIONS]}, below min_history="
+        f"{summary[sequence_builder.STAT_BELOW_MIN_HISTORY]}, examples "
+        f"train/eval={summary['examples_train']}/{summary['examples_eval']}, "
+        f"eval_days={summary['config']['eval_days']}); pass "
+        "--allow_empty_split to write it anyway"
+    )
+
+
+def read_rejects(output_dir: str) -> list[dict[str, Any]]:
+  """The dead letters of a job, as dicts."""
+  rejects = []
+  for path in FileSystems.match(
+      [posixpath.join(output_dir, REJECTED_DIR, "*.jsonl")]
+  )[0].metadata_list:
+    with FileSystems.open(path.path) as handle:
+      rejects += [
+          json.loads(line) for line in handle.read().decode("utf-8").splitlines()
+          if line.strip()
+      ]
+  return rejects
+
+
 def run(
-    config: IngestionConfig, output_dir: str, beam_args: Sequence[str]
+    config: IngestionConfig,
+    output_dir: str,
+    beam_args: Sequence[str],
+    overwrite: bool = False,
+    allow_empty_split: bool = False,
 ) -> dict[str, Any]:
   """Runs the ingestion job to `output_dir` and returns the checked summary.
 
-  Writes train/ and eval/ TFRecords, rejected/ and summary.json; raises
-  SummaryMismatchError when a row is unaccounted for or the Beam counters
-  disagree with the summary.
+  Writes train/ and eval/ TFRecords, rejected/ and summary.json into a fresh
+  staging directory beside `output_dir` and moves it into place only when
+  the job succeeded and its output passed the checks, so `output_dir` never
+  holds a partial output or files of another run.
 
   Args:
     config: what to read and how to build.
-    output_dir: local path or any Beam file system URL.
+    output_dir: local path or any Beam file system URL; must be empty or
+      absent unless `overwrite`.
     beam_args: PipelineOptions arguments (runner and its settings), used as
       given (see beam_args_with_defaults for the local default).
+    overwrite: replace a non-empty `output_dir` whole.
+    allow_empty_split: accept a job that built no train or no eval examples.
+
+  Raises:
+    OutputDirError: see `prepare_output_dir`.
+    CorruptFileError: an input file could not be read whole (its rows are
+      not used; the job's output is discarded).
+    EmptySplitError: no train or no eval examples, unless allowed.
+    SummaryMismatchError: a row is unaccounted for or the Beam counters
+      disagree with the summary.
   """
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
 
   register_tf_filesystems(
       [output_dir, *config.input_patterns, *config.behavior_patterns]
   )
-  pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
-  outputs = expand_ingestion(pipeline, config)
-  write_examples(outputs, output_dir)
-  write_side_outputs(outputs, output_dir)
-  result = pipeline.run()
-  result.wait_until_finish()
-  summary = read_summary(output_dir)
-  check_metrics(result, summary)
+  # Every glob must match before anything is written.
+  for patterns in (
+      config.input_patterns, config.behavior_patterns, config.movies_patterns
+  ):
+    if patterns:
+      expand_patterns(patterns)
+  output_dir = output_dir.rstrip("/")
+  staging = prepare_output_dir(output_dir, overwrite)
+  try:
+    pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
+    outputs = expand_ingestion(pipeline, config)
+    write_examples(outputs, staging)
+    write_side_outputs(outputs, staging)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = read_summary(staging)
+    check_metrics(result, summary)
+    check_outputs(summary, staging, allow_empty_split)
+    _move_into_place(staging, output_dir, overwrite)
+  except BaseException:
+    if FileSystems.exists(staging):
+      FileSystems.delete([staging])
+    raise
   return summary

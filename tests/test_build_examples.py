@@ -5,6 +5,7 @@ scan of the whole log per impression). Beam runs in-process, except the e2e
 test, which runs the CLI in a subprocess on the multi-process DirectRunner.
 """
 
+import dataclasses
 import gzip
 import json
 import os
@@ -170,6 +171,18 @@ def test_malformed_rows_go_to_dead_letters_and_every_row_is_accounted_for(tmp_pa
   # Written summary equals the returned one and the file is what the CLI prints.
   with open(os.path.join(out, "summary.json")) as handle:
     assert json.load(handle) == summary
+  # Daily volume of the impression days, counted independently.
+  import datetime
+  day = lambda ts: (datetime.date(1970, 1, 1) + datetime.timedelta(days=ts // DAY)).isoformat()
+  days = sorted({day(i[3]) for i in GOOD_IMPRESSIONS})
+  assert summary["volume_by_day"] == {d: {
+      "behaviors": sum(day(b[4]) == d for b in GOOD_BEHAVIORS),
+      "impressions": sum(day(i[3]) == d for i in GOOD_IMPRESSIONS),
+      "examples": sum(day(e[3]) == d for _, e in want),
+  } for d in days}
+  assert summary["volume_problems"] == []
+  # No staging directory is left beside the output.
+  assert sorted(os.listdir(tmp_path)) == ["out", "raw"]
 
 
 def test_min_history_skips_are_counted(tmp_path):
@@ -254,9 +267,10 @@ def test_behavior_format_positives_negatives_and_determinism(tmp_path):
   config = ingestion.IngestionConfig(
       input_format="behavior", input_patterns=(str(raw / "b.csv"),),
       max_seq_len=4, min_history=1, neg_per_pos=2, seed=3, max_timestamp=MAX_TS)
-  ingestion.run(config, str(tmp_path / "a"), IN_PROCESS)
+  # Every example is in the eval day: no train split, allowed here.
+  ingestion.run(config, str(tmp_path / "a"), IN_PROCESS, allow_empty_split=True)
   first = read_examples(str(tmp_path / "a"))
-  summary = ingestion.run(config, str(tmp_path / "b"), IN_PROCESS)
+  summary = ingestion.run(config, str(tmp_path / "b"), IN_PROCESS, allow_empty_split=True)
   assert read_examples(str(tmp_path / "b")) == first
   # Each pv with an earlier behaviour is a positive, with two negatives that
   # share its history and never repeat its item.
@@ -334,3 +348,105 @@ def test_cli_on_the_multiprocess_direct_runner(tmp_path):
   assert printed["rows_read"] == printed["rows_valid"] + printed["rows_rejected"]
   assert printed["rows_rejected"] == len(BAD_BEHAVIOR_LINES) + len(BAD_IMPRESSION_LINES) + 1
   assert read_examples(out) == brute_force(GOOD_BEHAVIORS, GOOD_IMPRESSIONS, 2, 0, 1)
+
+
+def _small_impressions(raw, impression_lines, name="impressions.csv"):
+  """A behaviour log and one impressions file of raw bytes (line ends and all)."""
+  raw.mkdir(exist_ok=True)
+  _write(raw / "behaviors.csv", [_behavior_line(r) for r in GOOD_BEHAVIORS])
+  (raw / name).write_bytes(impression_lines)
+  return ingestion.IngestionConfig(
+      input_format="impressions", input_patterns=(str(raw / name),),
+      behavior_patterns=(str(raw / "behaviors.csv"),), max_seq_len=2,
+      min_history=0, eval_days=1, max_timestamp=MAX_TS)
+
+
+def _impression_bytes(rows, end=b"\n"):
+  return end.join(",".join(map(str, r)).encode() for r in rows) + end
+
+
+def test_cr_only_line_ends_and_a_bom_before_the_header_lose_no_row(tmp_path):
+  """Old-Mac (CR-only) line ends and a UTF-8 BOM, gzipped: every row is read."""
+  data = b"\xef\xbb\xbf" + IMPRESSION_HEADER.encode() + b"\r" + _impression_bytes(
+      GOOD_IMPRESSIONS, b"\r")
+  config = _small_impressions(tmp_path / "raw", gzip.compress(data), "impressions.csv.gz")
+  summary = ingestion.run(config, str(tmp_path / "out"), IN_PROCESS)
+  assert summary["rows_rejected"] == 0 and summary["header_lines"] == 1
+  assert summary["rows_valid"] == len(GOOD_BEHAVIORS) + len(GOOD_IMPRESSIONS)
+  assert read_examples(str(tmp_path / "out")) == brute_force(
+      GOOD_BEHAVIORS, GOOD_IMPRESSIONS, 2, 0, 1)
+
+
+def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path):
+  """Beam's own reader returned the rows before the cut and exited 0."""
+  rows = [(1, 50 + i, 500, T0 + 5 + i, i % 2) for i in range(3000)] + list(GOOD_IMPRESSIONS)
+  whole = gzip.compress(_impression_bytes(rows))
+  config = _small_impressions(tmp_path / "raw", whole[: len(whole) // 2], "impressions.csv.gz")
+  out = tmp_path / "out"
+  with pytest.raises(ingestion.CorruptFileError) as raised:
+    ingestion.run(config, str(out), IN_PROCESS)
+  message = str(raised.value)
+  assert "impressions.csv.gz" in message and "EOFError" in message, message
+  assert "\n" not in message
+  assert not out.exists() and os.listdir(tmp_path) == ["raw"]  # nothing half-written
+  # As a dead letter: the whole file is one corrupt_file reject, none of its rows read.
+  import apache_beam as beam
+  with beam.Pipeline(argv=IN_PROCESS) as pipeline:
+    outputs = ingestion.expand_ingestion(pipeline, config)
+    ingestion.write_side_outputs(outputs, str(tmp_path / "side"))
+  summary = ingestion.read_summary(str(tmp_path / "side"))
+  assert summary["rejected_by_reason"]["corrupt_file"] == 1 and summary["rows_rejected"] == 1
+  assert summary["impressions"] == 0
+  (reject,) = ingestion.read_rejects(str(tmp_path / "side"))
+  assert reject["source"].endswith("impressions.csv.gz") and reject["line"] == ""
+
+
+def test_a_reused_output_dir_is_refused_and_overwrite_replaces_it_whole(tmp_path):
+  config = _small_impressions(tmp_path / "raw", _impression_bytes(GOOD_IMPRESSIONS))
+  out = str(tmp_path / "out")
+  ingestion.run(config, out, IN_PROCESS)
+  (tmp_path / "out" / "train" / "part-00000-of-00002.tfrecord.gz").write_bytes(b"old")
+  with pytest.raises(ingestion.OutputDirError, match="not empty; pass --overwrite"):
+    ingestion.run(config, out, IN_PROCESS)
+  # Fewer impressions now: only they are in the output, no shard of the first run.
+  fewer = GOOD_IMPRESSIONS[1:]
+  (tmp_path / "raw" / "impressions.csv").write_bytes(_impression_bytes(fewer))
+  summary = ingestion.run(config, out, IN_PROCESS, overwrite=True)
+  assert read_examples(out) == brute_force(GOOD_BEHAVIORS, fewer, 2, 0, 1)
+  assert "part-00000-of-00002.tfrecord.gz" not in os.listdir(os.path.join(out, "train"))
+  assert summary["impressions"] == len(fewer)
+  # An output_dir that cannot be made: one clear error before any work.
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(ingestion.OutputDirError, match="cannot write beside output_dir"):
+    ingestion.run(config, str(tmp_path / "a_file" / "out"), IN_PROCESS)
+
+
+@pytest.mark.parametrize("content,eval_days,message", [
+    (b"", 1, r"no train and no eval examples \(rows_read=7, rows_rejected=0, impressions=0"),
+    (IMPRESSION_HEADER.encode() + b"\n", 1, "no train and no eval examples"),
+    (b"garbage;;\n\x00\x01\n%%%\n", 1, r"no train and no eval examples \(rows_read=10, rows_rejected=3"),
+    (_impression_bytes(GOOD_IMPRESSIONS), 5, r"no train examples .*eval_days=5"),
+])
+def test_zero_output_is_an_error_unless_allowed(tmp_path, content, eval_days, message):
+  config = dataclasses.replace(
+      _small_impressions(tmp_path / "raw", content), eval_days=eval_days)
+  with pytest.raises(ingestion.EmptySplitError, match=message):
+    ingestion.run(config, str(tmp_path / "out"), IN_PROCESS)
+  assert not (tmp_path / "out").exists()
+
+
+def test_volume_problems_flag_an_eval_day_far_below_the_earlier_days():
+  days = {f"2026-10-{d}": {"behaviors": 100, "impressions": n, "examples": n}
+          for d, n in (("25", 0), ("26", 90), ("27", 110), ("28", 100), ("29", 52))}
+  eval_start = 1_793_232_000  # 2026-10-29
+  problems = ingestion.volume_problems(days, eval_start, 0.7)
+  # The day before the log began (0) is no reference: the median is 100.
+  assert problems == [
+      "2026-10-29: 52 impressions, 52% of the median 100 of 3 earlier day(s) (min_volume_ratio 0.7)",
+      "2026-10-29: 52 examples, 52% of the median 100 of 3 earlier day(s) (min_volume_ratio 0.7)",
+  ]
+  assert ingestion.volume_problems(days, eval_start, 0.5) == []
+  assert ingestion.volume_problems(days, eval_start, 0.0) == []
+  assert ingestion.volume_problems(days, None, 0.7) == []
+  with pytest.raises(ValueError, match="min_volume_ratio"):
+    ingestion.IngestionConfig(input_format="behavior", input_patterns=("x",), min_volume_ratio=1.5)
