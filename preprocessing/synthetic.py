@@ -40,6 +40,7 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 from typing import Any, Mapping
 
 import numpy as np
@@ -557,6 +558,9 @@ def write_logs(config: SyntheticConfig, logs: SyntheticLogs,
   """Writes the day files and oracle.json; returns the oracle summary."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
 
+  # First, so that data too small for an oracle AUC (one class only) fails
+  # before any file is written.
+  summary = oracle_summary(config, logs)
   first_day = config.first_day_timestamp()
   for sub in ("behaviors", "impressions", "impression_truth"):
     os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
@@ -589,7 +593,6 @@ def write_logs(config: SyntheticConfig, logs: SyntheticLogs,
     }).to_csv(os.path.join(output_dir, "impression_truth", f"{name}.csv"),
               index=False, float_format="%.6f")
 
-  summary = oracle_summary(config, logs)
   with open(os.path.join(output_dir, "oracle.json"), "w") as f:
     json.dump(summary, f, indent=2, sort_keys=True)
     f.write("\n")
@@ -655,13 +658,29 @@ def main(argv):
     config = SyntheticConfig.from_dict(values)
   except ValueError as error:
     raise app.UsageError(str(error)) from None
-  summary = generate_to_dir(config, flags.FLAGS.output_dir)
+  try:
+    summary = generate_to_dir(config, flags.FLAGS.output_dir)
+  except (ValueError, OSError) as error:
+    # Data too small for its oracle AUC, an unwritable output_dir.
+    sys.exit(f"synthetic: error: {error}")
   print(json.dumps({k: v for k, v in summary.items() if k != "config"},
                    indent=2, sort_keys=True))
+
+
+def _parse_flags(argv):
+  """absl's parser, except that --help exits 0 (absl exits 1)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit as done:
+    if done.code == 1 and any(a in ("--help", "-h", "-?", "--helpfull", "--helpshort") for a in argv[1:]):
+      sys.exit(0)
+    raise
 
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
 
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

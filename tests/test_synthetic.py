@@ -243,6 +243,20 @@ def test_cli_writes_files_and_rejects_bad_flags(tmp_path):
   assert "max_events_per_user (60) must be >= min_events_per_user (100)" in (
       bad.stderr)
   assert "Traceback" not in bad.stderr
+  # Too small for an oracle AUC (one class only): one line, no file written.
+  tiny_out = tmp_path / "one_user"
+  one = subprocess.run(
+      [sys.executable, "-m", "preprocessing.synthetic",
+       f"--output_dir={tiny_out}", "--users=1"],
+      env=env, capture_output=True, text=True, cwd=ROOT, check=False)
+  assert one.returncode == 1
+  assert one.stderr.strip().splitlines() == [
+      "synthetic: error: AUC needs both classes, got 0 positives and 2 "
+      "negatives: generate more users or impressions"], one.stderr
+  assert not tiny_out.exists()
+  helped = subprocess.run(command[:3] + ["--help"], env=env, capture_output=True,
+                          text=True, cwd=ROOT, check=False)
+  assert helped.returncode == 0 and "--users" in helped.stdout + helped.stderr
 
 
 def _load_study():
