@@ -107,3 +107,35 @@ def test_raw_feature_spec_follows_the_registry():
   for feature in features.ALL_FEATURES:
     expected = tf.io.RaggedFeature if feature.is_sequence else tf.io.FixedLenFeature
     assert isinstance(spec[feature.name], expected)
+
+
+def _spread_over_days(examples, days):
+  """Moves example i (and its history) i % days UTC days later."""
+  moved = []
+  for i, example in enumerate(examples):
+    shift = (i % days) * 86_400
+    example = dict(example)
+    example["timestamp"] += shift
+    example["hist_timestamps"] = [t + shift for t in example["hist_timestamps"]]
+    moved.append(example)
+  return moved
+
+
+def test_time_range_keeps_exactly_the_examples_of_its_days(tmp_path):
+  examples = _spread_over_days(
+      toy_data.make_examples(toy_data.ToyDataConfig(num_examples=60, max_history=8)), 3)
+  write_files(tmp_path, examples, shards=2)
+  pattern = str(tmp_path / "*.gz")
+  by_day = collections.Counter(e["timestamp"] // 86_400 for e in examples)
+  assert input_lib.count_days(pattern) == dict(sorted(by_day.items()))
+  last_day = max(by_day)
+  cutoff = last_day * 86_400
+  newest = input_lib.make_dataset(pattern, 7, 8, training=False,
+                                  time_range=input_lib.TimeRange(start=cutoff))
+  got = sorted(int(t) for batch, _ in newest for t in batch["timestamp"].numpy())
+  assert got == sorted(e["timestamp"] for e in examples if e["timestamp"] >= cutoff)
+  older = input_lib.make_dataset(pattern, 8, 8, training=True, seed=0,
+                                 time_range=input_lib.TimeRange(end=cutoff))
+  seen = {int(t) for batch, labels in older.take(12) for t in batch["timestamp"].numpy()}
+  assert all(labels.shape[0] == 8 for _, labels in older.take(3))  # full batches
+  assert seen == {e["timestamp"] for e in examples if e["timestamp"] < cutoff}
