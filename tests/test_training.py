@@ -1,6 +1,9 @@
-"""Training loop pieces: warm start by name, resume from BackupAndRestore, strategy."""
+"""Training loop pieces: warm start by name, resume from BackupAndRestore, strategy,
+the validation split, the run-dir guard and early stopping."""
 
+import datetime
 import json
+import os
 
 import numpy as np
 import pytest
@@ -113,3 +116,145 @@ def test_strategy_defaults_to_one_device_without_a_cluster():
   assert strategy.num_replicas_in_sync == 1
   assert training.is_chief(strategy)
   assert training.choose_strategy("").num_replicas_in_sync == 1
+
+
+# --- validation split, run guard, early stopping ---------------------------
+
+
+def utc_date(day):
+  return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day)).isoformat()
+
+
+def test_validation_is_the_newest_days_holding_training_examples():
+  counts = {19000: 3, 19001: 5, 19003: 2}  # no example on day 19002
+  split = training.split_by_days(counts, 1)
+  assert split.train_range == input_lib.TimeRange(end=19003 * 86_400)
+  assert split.validation_range == input_lib.TimeRange(start=19003 * 86_400)
+  assert (split.train_examples, split.validation_examples) == (8, 2)
+  assert split.validation_days == (utc_date(19003),)
+  assert split.train_days == (utc_date(19000), utc_date(19001))
+  two = training.split_by_days(counts, 2)
+  assert two.validation_days == (utc_date(19001), utc_date(19003))
+  assert (two.train_examples, two.validation_examples) == (3, 7)
+  everything = training.split_by_days(counts, 0)
+  assert everything.train_range is None and everything.validation_range is None
+  assert everything.train_examples == 10
+  with pytest.raises(training.TrainingError, match="span only 3 day") as error:
+    training.split_by_days(counts, 3)
+  assert "\n" not in str(error.value) and "validation_days=0" in str(error.value)
+  with pytest.raises(training.TrainingError, match="no examples"):
+    training.split_by_days({}, 1)
+
+
+def test_a_run_dir_is_resumed_only_by_the_run_that_wrote_it(tmp_path):
+  data = tmp_path / "train.tfrecord.gz"
+  toy_data.write_tfrecords(str(data), toy_data.make_examples(toy_data.ToyDataConfig(num_examples=4)))
+  run_dir = str(tmp_path / "run")
+  backup = os.path.join(run_dir, "backup")
+  model_config, train_config = small("din", seed=0), config.TrainConfig()
+
+  def guard(train_config=train_config, overwrite=False, model_config=model_config):
+    fingerprint = training.run_fingerprint(model_config, train_config, [str(data)])
+    training.guard_run_dir(run_dir, fingerprint, [backup], overwrite, chief=True)
+
+  guard()  # fresh: writes the fingerprint
+  os.makedirs(backup)
+  guard()  # the same run resumes
+  guard(train_config=train_config.replace(eval_steps=3))  # eval settings do not count
+  with pytest.raises(training.TrainingError, match="differs in learning_rate") as error:
+    guard(train_config=train_config.replace(learning_rate=0.5))
+  assert "\n" not in str(error.value)
+  with pytest.raises(training.TrainingError, match="differs in .*model"):
+    guard(model_config=small("eta", seed=0))
+  toy_data.write_tfrecords(str(data), toy_data.make_examples(toy_data.ToyDataConfig(num_examples=5)))
+  with pytest.raises(training.TrainingError, match="training files"):
+    guard()
+  guard(overwrite=True)  # deletes the other run's backup, takes the dir over
+  assert not os.path.exists(backup)
+  guard()
+  # State without a fingerprint is someone else's too.
+  os.remove(os.path.join(run_dir, training.FINGERPRINT_FILE))
+  os.makedirs(backup)
+  with pytest.raises(training.TrainingError, match="unknown settings"):
+    guard()
+
+
+def validation_set():
+  examples = toy_data.make_examples(toy_data.ToyDataConfig(num_examples=48, max_history=70, seed=5))
+  inputs = input_lib.parse_and_transform(
+      tf.constant([toy_data.serialize(e) for e in examples]), L
+  )
+  labels = inputs.pop(features.LABEL_KEY)
+  return tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(16)
+
+
+def test_early_stopping_state_survives_a_crash_between_the_two_saves(tmp_path):
+  backup_dir = str(tmp_path / "backup")
+  state_dir = os.path.join(backup_dir, "validation")
+  train_config = config.TrainConfig(batch_size=16, train_steps=24, steps_per_epoch=4)
+  validation = validation_set()
+
+  def evaluate(m):
+    return training.validation_metrics(training.predict(m, validation))
+
+  snapshot = {}
+
+  class CrashAfterBackupOfEpoch2(tf.keras.callbacks.Callback):
+
+    def on_epoch_end(self, epoch, logs=None):
+      if epoch == 2:
+        snapshot["weights"] = self.model.get_weights()
+        raise _Preempted("killed after BackupAndRestore saved, before early stopping did")
+
+  first = model_lib.build_model(small("din", seed=1))
+  first.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+  stopper = training.EarlyStopping(evaluate, "logloss", 100, state_dir)
+  with pytest.raises(_Preempted):
+    training.fit(first, toy_dataset(), train_config,
+                 [tf.keras.callbacks.BackupAndRestore(backup_dir), CrashAfterBackupOfEpoch2(),
+                  stopper])
+  assert [h["epoch"] for h in stopper.history] == [0, 1]
+  want_epoch_2 = evaluate_with(snapshot["weights"], evaluate)
+
+  restarted = model_lib.build_model(small("din", seed=9))
+  restarted.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+  resumed = training.EarlyStopping(evaluate, "logloss", 100, state_dir)
+  progress = training.fit(restarted, toy_dataset(), train_config,
+                          [tf.keras.callbacks.BackupAndRestore(backup_dir), resumed])
+  epochs = [h["epoch"] for h in resumed.history]
+  assert epochs == [0, 1, 2, 3, 4, 5]
+  assert resumed.history[:2] == stopper.history  # carried over, not recomputed
+  # Epoch 2 was evaluated again on resume from the weights the backup held.
+  assert resumed.history[2]["logloss"] == pytest.approx(want_epoch_2["logloss"], abs=1e-6)
+  losses = [h["logloss"] for h in resumed.history]
+  assert resumed.best_epoch == int(np.argmin(losses))
+  assert resumed.best_value == min(losses)
+  # The best epoch's weights are what the model holds at the end.
+  assert evaluate(restarted)["logloss"] == pytest.approx(resumed.best_value, abs=1e-6)
+  # Progress counts the whole run; this process ran the last three epochs.
+  assert (progress.steps, progress.total_steps_done) == (12, 24)
+  assert not os.path.exists(state_dir)  # nothing to resume after a finished fit
+
+
+def evaluate_with(weights, evaluate):
+  model = model_lib.build_model(small("din", seed=3))
+  model.set_weights(weights)
+  return evaluate(model)
+
+
+def test_early_stopping_stops_after_patience_epochs_without_progress(tmp_path):
+  train_config = config.TrainConfig(batch_size=16, train_steps=400, steps_per_epoch=4)
+  validation = validation_set()
+  model = model_lib.build_model(small("din", seed=1))
+  # A large step size overfits 64 examples within a few epochs.
+  model.compile(optimizer=tf.keras.optimizers.Adam(0.1))
+  stopper = training.EarlyStopping(
+      lambda m: training.validation_metrics(training.predict(m, validation)),
+      "auc", 2, state_dir=None)
+  progress = training.fit(model, toy_dataset(), train_config, [stopper])
+  aucs = [h["auc"] for h in stopper.history]
+  best = int(np.argmax(aucs))
+  assert stopper.best_epoch == best and stopper.stopped_epoch is not None
+  assert len(aucs) == best + 1 + 2  # stopped exactly `patience` epochs after the best
+  assert all(a <= aucs[best] for a in aucs[best + 1:])
+  assert progress.steps == 4 * len(aucs) < 400
