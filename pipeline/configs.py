@@ -73,6 +73,9 @@ class PipelineConfig:
     schema_path: the curated schema file imported by ImportSchemaGen.
     max_reject_fraction: the run stops when ingestion rejects more than this
       fraction of raw rows (rejected rows never reach ExampleValidator).
+    min_volume_ratio: the run stops when an eval day's behaviours,
+      impressions or examples fall below this fraction of the median of the
+      window's earlier days (a lost half-day, a truncated file); 0 disables.
     auc_lower_bound: a model with a lower eval AUC is never blessed.
     auc_max_decrease: a model whose AUC is lower than the baseline's by more
       than this is not blessed.
@@ -104,6 +107,7 @@ class PipelineConfig:
   warm_start: bool = True
   schema_path: str = DEFAULT_SCHEMA_PATH
   max_reject_fraction: float = 0.001
+  min_volume_ratio: float = 0.7
   auc_lower_bound: float = 0.5
   auc_max_decrease: float = 0.002
   history_length_edges: tuple[int, ...] = DEFAULT_HISTORY_LENGTH_EDGES
@@ -171,6 +175,13 @@ class PipelineConfig:
         raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
     if not 0.0 <= self.max_reject_fraction <= 1.0:
       raise ConfigError("max_reject_fraction must be in [0, 1]")
+    if isinstance(self.min_volume_ratio, bool) or not isinstance(
+        self.min_volume_ratio, (int, float)
+    ) or not 0.0 <= self.min_volume_ratio < 1.0:
+      raise ConfigError(
+          f"min_volume_ratio must be a number in [0, 1), got "
+          f"{self.min_volume_ratio!r}"
+      )
     if not 0.0 <= self.auc_lower_bound <= 1.0:
       raise ConfigError("auc_lower_bound must be in [0, 1]")
     if not 0.0 <= self.auc_max_decrease <= 1.0:

@@ -9,7 +9,13 @@ run (raises `DataValidationError`) when
   * ingestion rejected more than `max_reject_fraction` of the raw rows (a
     garbage shard, a string in an id column: rejected rows become dead
     letters, never examples, so ExampleValidator cannot see them; the
-    ingestion summary counts them).
+    ingestion summary counts them), or rejected any whole input file
+    (``corrupt_file``: a truncated .gz is one reject but many lost rows), or
+  * the summary records volume problems: an eval day whose behaviours,
+    impressions or examples fell far below the window's earlier days (the
+    ExampleGen compares them with the pipeline's `min_volume_ratio`, see
+    `preprocessing.ingestion.volume_problems`), or
+  * a split has no examples.
 
 When the data passes, it re-emits the curated schema, and Transform reads
 that output, so Transform (and everything after it) depends on the gate.
@@ -70,14 +76,34 @@ def describe_rejects(
     return [f"ingestion summary lacks rows_read/rows_rejected: {dict(summary)}"]
   if rows_read <= 0:
     return ["ingestion read no rows"]
+  problems = []
+  corrupt = summary.get("rejected_by_reason", {}).get("corrupt_file", 0)
+  if corrupt:
+    problems.append(
+        f"ingestion could not read {corrupt} input file(s) whole (corrupt_file "
+        "dead letters in rejected/); none of their rows were used"
+    )
   fraction = rows_rejected / rows_read
   if fraction > max_reject_fraction:
     by_reason = summary.get("rejected_by_reason", {})
-    return [
+    problems.append(
         f"ingestion rejected {rows_rejected} of {rows_read} rows "
         f"({fraction:.2%} > {max_reject_fraction:.2%}); by reason: {by_reason}"
-    ]
-  return []
+    )
+  return problems
+
+
+def describe_volume(summary: Optional[Mapping[str, Any]]) -> list[str]:
+  """Volume problems recorded by ingestion, and empty splits."""
+  if summary is None:
+    return []
+  problems = [
+      f"volume: {line}" for line in summary.get("volume_problems", [])
+  ]
+  for split in ("train", "eval"):
+    if summary.get(f"examples_{split}", 1) == 0:
+      problems.append(f"ingestion built no {split} examples")
+  return problems
 
 
 def load_anomalies(anomalies_uri: str, splits: list[str]) -> dict[str, Any]:
@@ -109,6 +135,8 @@ def check(
     max_reject_fraction: float,
 ) -> list[str]:
   """All reasons to stop the run; empty when the data passes."""
-  return describe_anomalies(anomalies_by_split) + describe_rejects(
-      summary, max_reject_fraction
+  return (
+      describe_anomalies(anomalies_by_split)
+      + describe_rejects(summary, max_reject_fraction)
+      + describe_volume(summary)
   )

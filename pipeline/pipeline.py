@@ -176,6 +176,11 @@ def example_gen_component(config: configs.PipelineConfig):
       neg_per_pos=config.neg_per_pos,
       min_history=config.min_history,
       seed=config.seed,
+      # Daily spans only: MovieLens is one span, with no earlier days to
+      # compare the eval day with.
+      min_volume_ratio=(
+          config.min_volume_ratio if config.input_format != "movielens" else 0.0
+      ),
       **INPUT_PATTERNS[config.input_format],
   )
   range_config = None

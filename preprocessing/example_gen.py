@@ -71,8 +71,11 @@ def settings_from_exec_properties(
     raise ValueError("custom_config must pack a google.protobuf.Struct")
   settings = json_format.MessageToDict(values)
   # Struct numbers are floats; the settings that are ints must be whole.
+  float_settings = {
+      f.name for f in dataclasses.fields(ExampleGenSettings) if f.type == "float"
+  }
   for key, value in settings.items():
-    if isinstance(value, float):
+    if isinstance(value, float) and key not in float_settings:
       if not value.is_integer():
         raise ValueError(f"custom_config {key}={value} must be an integer")
       settings[key] = int(value)

@@ -41,6 +41,9 @@ class ExampleGenSettings:
     window_days: days of impressions per span (date patterns only).
     max_seq_len, min_history, eval_days, neg_per_pos, seed, chunk_seconds:
       as in ingestion.IngestionConfig.
+    min_volume_ratio: as in ingestion.IngestionConfig, for date patterns
+      only (without dates there are no daily spans to compare); the summary
+      records the volume problems and the pipeline's data gate acts on them.
   """
 
   input_format: str
@@ -54,6 +57,7 @@ class ExampleGenSettings:
   neg_per_pos: int = 1
   seed: int = 0
   chunk_seconds: int = SECONDS_PER_DAY
+  min_volume_ratio: float = 0.0
 
   def __post_init__(self):
     if self.input_format not in raw_logs.INPUT_FORMATS:
@@ -94,6 +98,7 @@ class ExampleGenSettings:
         neg_per_pos=self.neg_per_pos,
         seed=self.seed,
         chunk_seconds=self.chunk_seconds,
+        min_volume_ratio=self.min_volume_ratio,
     )
 
   @classmethod
@@ -179,6 +184,7 @@ def ingestion_config_for_span(
   return ingestion.IngestionConfig(
       input_patterns=inputs,
       behavior_patterns=history,
+      min_volume_ratio=settings.min_volume_ratio,
       max_timestamp=(span + 2) * SECONDS_PER_DAY,
       eval_start_timestamp=(span - settings.eval_days + 1) * SECONDS_PER_DAY,
       impression_start_timestamp=first_day * SECONDS_PER_DAY,

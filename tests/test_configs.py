@@ -51,6 +51,8 @@ def test_from_dict_round_trips_and_parses_dates():
         ({"batch_size": True}, "batch_size must be an int"),
         ({"auc_lower_bound": 1.5}, "auc_lower_bound"),
         ({"max_reject_fraction": -0.1}, "max_reject_fraction"),
+        ({"min_volume_ratio": 1.0}, r"min_volume_ratio must be a number in \[0, 1\)"),
+        ({"min_volume_ratio": "0.5"}, "min_volume_ratio"),
         ({"history_length_edges": (1, 10)}, "history_length_edges"),
         ({"history_length_edges": (0, 10, 10)}, "history_length_edges"),
         ({"warm_start": "yes"}, "warm_start"),

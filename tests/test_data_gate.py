@@ -66,3 +66,21 @@ def test_rejected_rows_stop_the_run(summary, fraction, message):
   assert __import__("re").search(message, problems[0]), problems
   assert data_gate.describe_rejects({"rows_read": 1000, "rows_rejected": 1}, 0.001) == []
   assert data_gate.describe_rejects(None, 1.0) == []
+
+
+def test_a_corrupt_file_stops_the_run_however_few_rows_it_was():
+  summary = {"rows_read": 20_692, "rows_rejected": 1,
+             "rejected_by_reason": {"corrupt_file": 1}}
+  (problem,) = data_gate.describe_rejects(summary, 0.001)
+  assert "could not read 1 input file(s) whole" in problem
+
+
+def test_volume_problems_and_empty_splits_stop_the_run(tmp_path):
+  anomalies = _anomalies(tmp_path, [_example()])
+  volume = "2026-10-31: 148 impressions, 50% of the median 296 of 3 earlier day(s) (min_volume_ratio 0.7)"
+  summary = {"rows_read": 1000, "rows_rejected": 0, "volume_problems": [volume],
+             "examples_train": 10, "examples_eval": 0}
+  assert data_gate.check(anomalies, summary, 0.001) == [
+      f"volume: {volume}", "ingestion built no eval examples"]
+  clean = dict(summary, volume_problems=[], examples_eval=5)
+  assert data_gate.check(anomalies, clean, 0.001) == []

@@ -108,3 +108,20 @@ def test_example_gen_span_splits_match_brute_force(tmp_path):
   assert summary["rows_rejected"] == 1 and summary["rejected_by_reason"]["non_numeric_id"] == 1
   assert summary["rows_read"] == 3 * 25 + 1 + 24
   assert summary["examples_train"] == 12 and summary["examples_eval"] == 12
+
+
+def test_the_pipeline_passes_its_volume_threshold_to_daily_spans_only():
+  from pipeline import configs
+  from pipeline import pipeline as pipeline_lib
+  from preprocessing import example_gen
+
+  paths = {"data_root": "/d", "pipeline_root": "/p", "serving_model_dir": "/s"}
+
+  def ratio(**values):
+    component = pipeline_lib.example_gen_component(configs.PipelineConfig(**paths, **values))
+    return example_gen.settings_from_exec_properties(
+        component.exec_properties).min_volume_ratio
+
+  assert ratio() == 0.7
+  assert ratio(min_volume_ratio=0.4) == 0.4
+  assert ratio(input_format="movielens") == 0  # one span: nothing to compare with

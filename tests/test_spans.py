@@ -30,8 +30,9 @@ def test_impressions_span_reads_its_window_and_history_up_to_its_day(tmp_path):
   settings = ExampleGenSettings(
       input_format="impressions", input_pattern="imp/{YYYY}{MM}{DD}.csv",
       behavior_pattern="beh/{YYYY}{MM}{DD}.csv", window_days=3, eval_days=1,
-      max_seq_len=8)
+      max_seq_len=8, min_volume_ratio=0.6)
   config = spans.ingestion_config_for_span(settings, str(tmp_path), NOV14 + 1)
+  assert config.min_volume_ratio == 0.6
   assert config.input_patterns == tuple(
       str(tmp_path / "imp" / f"202311{d}.csv") for d in (13, 14, 15))
   assert config.behavior_patterns == tuple(
