@@ -1,19 +1,28 @@
 """Client for the ETA model in TF Serving: build, validate, send requests.
 
 Two signatures (names from the feature registry):
-- `rank`: one user's history (`hist_item_ids`, `hist_category_ids`,
-  `hist_timestamps`, int64 [L], oldest first, L <= max_seq_len) and N
-  candidates (`item_ids`, `category_ids`, int64 [N]) at `request_timestamp`
-  (int64 scalar) -> `probabilities` float32 [N].
+- `rank` (inputs `features.RANK_INPUT_NAMES`): one user's history
+  (`hist_item_ids`, `hist_category_ids`, `hist_timestamps`,
+  `hist_behavior_types`, int64 [L], oldest first, L <= max_seq_len; types are
+  the ingestion's codes, the index into `features.BEHAVIOR_TYPES`, all pv
+  when the log has none) and N candidates (`item_ids`, `category_ids`, int64
+  [N]) at `request_timestamp` (int64 scalar) -> `probabilities` float32 [N].
 - `serving_default`: serialized tf.Examples in the training format, label
   absent (`examples`, string [B]) -> `probabilities` float32 [B].
 
-Requests are validated before anything is built: non-integer or negative
-ids, mismatched lengths, no candidates, L > max_seq_len, a history not
-strictly before the request or not oldest first all raise RequestError with
-the reason. The gRPC PredictRequest (tensorflow-serving-api) and the REST
-JSON body (TF Serving's documented `inputs` columnar and `instances` row
+Histories are built from a behaviour log by ingestion's own rule
+(`preprocessing.history`: ingestion's row parsing and validation, strictly
+before the request, the same-second tie order, the max_seq_len cut), so a
+request carries the history the model was trained with. Requests are
+validated before anything is built: non-integer or negative ids, mismatched
+lengths, no candidates, L > max_seq_len, unknown behaviour types, a history
+not strictly before the request or not oldest first all raise RequestError
+with the reason. The gRPC PredictRequest (tensorflow-serving-api) and the
+REST JSON body (TF Serving's documented `inputs` columnar and `instances` row
 formats) carry the same tensors. Nothing is sent unless a server is given.
+
+This module imports no Beam, TFX or TensorFlow; TensorFlow's protos are
+imported only when a gRPC request or a tf.Example is built.
 
 Usage (prints the REST body; add --server=HOST:PORT to send it):
   python -m serving.client --behavior_log=DIR/behaviors/*.csv --user_id=42 \
@@ -28,18 +37,30 @@ import glob
 import gzip
 import json
 import numbers
-from typing import Any, Iterable, Optional, Sequence
+import sys
+from typing import Any, Iterable, Optional, Sequence, Union
+import zlib
 
 from preprocessing import features
+from preprocessing import history as history_rule
+from preprocessing import raw_logs
 
 INT64_MAX = (1 << 63) - 1
+# The id and time lists of a history; behaviour types are checked apart
+# (optional in a tf.Example, all pv in a rank request without them).
 HISTORY_KEYS = (features.HIST_ITEM_IDS.name, features.HIST_CATEGORY_IDS.name,
                 features.HIST_TIMESTAMPS.name)
+TYPES_KEY = features.HIST_BEHAVIOR_TYPES.name
 DEFAULT_MODEL_NAME = "eta"
 
 
 class RequestError(ValueError):
   """A request that must not be sent; the message says what is wrong."""
+
+
+class LogError(RequestError):
+  """The behaviour log cannot give a history: a row ingestion would reject
+  (named by file and line, with ingestion's reason), or an unreadable file."""
 
 
 class ServerError(RuntimeError):
@@ -89,11 +110,23 @@ def _check_history(item_ids, category_ids, timestamps, before, max_seq_len,
 
 
 def _check_max_seq_len(max_seq_len):
-  if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or not (
-      1 <= max_seq_len <= features.MAX_SUPPORTED_SEQ_LEN):
+  try:
+    history_rule.check_max_seq_len(max_seq_len)
+  except ValueError as error:
+    raise RequestError(str(error)) from None
+
+
+def _behavior_types(values, length: int, what: str) -> tuple[int, ...]:
+  """Validated behaviour type codes, one per behaviour."""
+  types = _int_list(TYPES_KEY, values)
+  if len(types) != length:
     raise RequestError(
-        f"max_seq_len must be an int in [1, {features.MAX_SUPPORTED_SEQ_LEN}]"
-        f", got {max_seq_len!r}")
+        f"{what}: {len(types)} {TYPES_KEY} for {length} behaviours")
+  if any(t >= len(features.BEHAVIOR_TYPES) for t in types):
+    raise RequestError(
+        f"{what}: {TYPES_KEY} must index {features.BEHAVIOR_TYPES}, got "
+        f"{sorted(set(types))}")
+  return types
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +134,9 @@ class RankRequest:
   """One user's history and N candidates for the `rank` signature.
 
   Constructing it validates it (RequestError); fields become tuples of int.
+  `hist_behavior_types` are the ingestion's codes (index into
+  features.BEHAVIOR_TYPES); None (a log without types) sends pv for every
+  behaviour, as ingestion and the Transform count them.
   """
 
   hist_item_ids: Sequence[int]
@@ -110,6 +146,7 @@ class RankRequest:
   category_ids: Sequence[int]
   request_timestamp: int
   max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN
+  hist_behavior_types: Optional[Sequence[int]] = None
 
   def __post_init__(self):
     _check_max_seq_len(self.max_seq_len)
@@ -127,17 +164,23 @@ class RankRequest:
     _check_history(self.hist_item_ids, self.hist_category_ids,
                    self.hist_timestamps, self.request_timestamp,
                    self.max_seq_len, "rank request")
+    types = self.hist_behavior_types
+    if types is None:
+      types = history_rule.rank_behavior_types(None, len(self.hist_item_ids))
+    object.__setattr__(self, "hist_behavior_types", _behavior_types(
+        types, len(self.hist_item_ids), "rank request"))
 
   def inputs(self) -> dict[str, Any]:
-    """Signature input name -> list of ints (int for the scalar)."""
-    return {
-        features.HIST_ITEM_IDS.name: list(self.hist_item_ids),
-        features.HIST_CATEGORY_IDS.name: list(self.hist_category_ids),
-        features.HIST_TIMESTAMPS.name: list(self.hist_timestamps),
+    """Signature input name -> list of ints (int for the scalar), in
+    features.RANK_INPUT_NAMES order."""
+    values = {
         features.RANK_ITEM_IDS_KEY: list(self.item_ids),
         features.RANK_CATEGORY_IDS_KEY: list(self.category_ids),
         features.RANK_REQUEST_TIMESTAMP_KEY: self.request_timestamp,
     }
+    for feature in features.RANK_HISTORY_FEATURES:
+      values[feature.name] = list(getattr(self, feature.name))
+    return {name: values[name] for name in features.RANK_INPUT_NAMES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,17 +211,8 @@ class ExampleRequest:
                    self.hist_timestamps, self.timestamp, self.max_seq_len,
                    "example")
     if self.hist_behavior_types is not None:
-      types = _int_list(features.HIST_BEHAVIOR_TYPES.name,
-                        self.hist_behavior_types)
-      if len(types) != len(self.hist_item_ids):
-        raise RequestError(
-            f"example: {len(types)} hist_behavior_types for "
-            f"{len(self.hist_item_ids)} behaviours")
-      if any(t >= len(features.BEHAVIOR_TYPES) for t in types):
-        raise RequestError(
-            "example: hist_behavior_types must index "
-            f"{features.BEHAVIOR_TYPES}, got {sorted(set(types))}")
-      object.__setattr__(self, "hist_behavior_types", types)
+      object.__setattr__(self, "hist_behavior_types", _behavior_types(
+          self.hist_behavior_types, len(self.hist_item_ids), "example"))
 
   def feature_values(self) -> dict[str, list[int]]:
     """Feature name -> int64 values, as in the training tf.Examples."""
@@ -218,73 +252,88 @@ def examples_for_candidates(rank: RankRequest,
           hist_item_ids=rank.hist_item_ids,
           hist_category_ids=rank.hist_category_ids,
           hist_timestamps=rank.hist_timestamps,
+          hist_behavior_types=rank.hist_behavior_types,
           max_seq_len=rank.max_seq_len)
       for item, category in zip(rank.item_ids, rank.category_ids)
   ]
 
 
-def _parse_behavior_row(row: Sequence[str], where: str) -> tuple[int, ...]:
-  if len(row) != 5:
-    raise RequestError(
-        f"{where}: expected 5 fields user_id,item_id,category_id,"
-        f"behavior_type,timestamp, got {len(row)}: {row!r}")
-  user, item, category, kind, timestamp = (v.strip() for v in row)
-  if kind not in features.BEHAVIOR_TYPES:
-    raise RequestError(
-        f"{where}: behavior_type {kind!r} is not one of "
-        f"{features.BEHAVIOR_TYPES}")
-  parsed = []
-  for name, text in (("user_id", user), ("item_id", item),
-                     ("category_id", category), ("timestamp", timestamp)):
-    try:
-      number = int(text)
-    except ValueError:
-      raise RequestError(
-          f"{where}: {name} {text!r} is not an integer") from None
-    parsed.append(_int_value(f"{where}: {name}", number))
-  return (parsed[0], parsed[1], parsed[2],
-          features.BEHAVIOR_TYPES.index(kind), parsed[3])
-
-
-def history_from_rows(rows: Iterable[Sequence[str]], user_id: int,
+def history_from_rows(rows: Iterable[Union[str, bytes]], user_id: int,
                       request_timestamp: int,
                       max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN,
-                      source: str = "row") -> tuple[list[int], ...]:
-  """The point-in-time history of `user_id` from Taobao-format log rows.
+                      source: str = "row",
+                      bounds: Optional[raw_logs.TimestampBounds] = None,
+                      rejected: Optional[list] = None,
+                      ) -> tuple[list[int], ...]:
+  """The point-in-time history of `user_id` from Taobao-format log lines.
 
-  Keeps the user's behaviours strictly before `request_timestamp`, oldest
-  first (ties in log order), the most recent `max_seq_len`: the same rule
-  as ingestion. A malformed row raises RequestError naming it.
+  Ingestion's rule (`preprocessing.history`): rows parsed and validated as
+  ingestion does, the user's behaviours strictly before `request_timestamp`,
+  same-second behaviours ordered by (item, category, type), the most recent
+  `max_seq_len`, oldest first.
 
   Args:
-    rows: CSV rows `user_id,item_id,category_id,behavior_type,timestamp`.
+    rows: raw lines `user_id,item_id,category_id,behavior_type,timestamp`,
+      str or bytes (bytes that are not UTF-8 are a bad_encoding row).
     user_id: whose history.
-    request_timestamp: Unix seconds of the request.
+    request_timestamp: Unix seconds of the request, within `bounds`.
     max_seq_len: how many of the most recent behaviours to keep.
     source: how to name a row in errors ("<source> <row number>").
+    bounds: valid timestamps, as ingestion's; default up to one day after now.
+    rejected: None: a row that ingestion would reject raises LogError naming
+      it and the reason. A list: such rows are skipped, as ingestion skips
+      them, and appended to it as raw_logs.Reject (source "<source> <n>").
 
   Returns:
     (item_ids, category_ids, timestamps, behavior_types) lists.
   """
   return _history_from_located_rows(
       ((f"{source} {n}", row) for n, row in enumerate(rows, start=1)),
-      user_id, request_timestamp, max_seq_len)
+      user_id, request_timestamp, max_seq_len, bounds, rejected)
+
+
+def history_from_log(pattern: str, user_id: int, request_timestamp: int,
+                     max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN,
+                     bounds: Optional[raw_logs.TimestampBounds] = None,
+                     rejected: Optional[list] = None) -> tuple[list[int], ...]:
+  """`history_from_rows` over the lines of the files matching `pattern`
+  (read by `read_log_lines`; rows are named "path:line")."""
+  return _history_from_located_rows(
+      read_log_lines(pattern), user_id, request_timestamp, max_seq_len,
+      bounds, rejected)
 
 
 def _history_from_located_rows(located_rows, user_id, request_timestamp,
-                               max_seq_len):
+                               max_seq_len, bounds=None, rejected=None):
   _check_max_seq_len(max_seq_len)
   user_id = _int_value("user_id", user_id)
   request_timestamp = _int_value("request_timestamp", request_timestamp)
-  kept = []
-  for order, (where, row) in enumerate(located_rows):
-    user, item, category, kind, timestamp = _parse_behavior_row(row, where)
-    if user == user_id and timestamp < request_timestamp:
-      kept.append((timestamp, order, item, category, kind))
-  kept.sort()
-  kept = kept[-max_seq_len:]
-  return ([k[2] for k in kept], [k[3] for k in kept], [k[0] for k in kept],
-          [k[4] for k in kept])
+  bounds = raw_logs.TimestampBounds.up_to_now() if bounds is None else bounds
+  if not bounds.min_timestamp <= request_timestamp <= bounds.max_timestamp:
+    # Ingestion rejects an impression at such a time (bad_timestamp).
+    raise RequestError(
+        f"request_timestamp={request_timestamp} outside [{bounds.min_timestamp}"
+        f", {bounds.max_timestamp}] (Unix seconds)")
+
+  def behaviors():
+    for where, row in located_rows:
+      if not isinstance(row, (str, bytes)):
+        raise RequestError(
+            f"{where}: a row must be a log line (str or bytes), got "
+            f"{type(row).__name__}")
+      result = history_rule.parse_behavior_line(row, where, bounds)
+      if isinstance(result, raw_logs.Reject):
+        if rejected is None:
+          raise LogError(f"{where}: {result.reason}: {result.detail}")
+        rejected.append(result)
+      else:
+        yield result
+
+  rows = history_rule.user_history(behaviors(), user_id, request_timestamp,
+                                   max_seq_len)
+  return tuple(rows[:, column].tolist() for column in (
+      history_rule.ITEM, history_rule.CATEGORY, history_rule.TS,
+      history_rule.TYPE))
 
 
 def request_inputs(request) -> dict[str, Any]:
@@ -466,18 +515,24 @@ def probabilities_from_rest_answer(answer: dict[str, Any]) -> list[float]:
       f"answer has no {features.PROBABILITIES_KEY}: {str(answer)[:200]}")
 
 
-def _read_log_rows(pattern: str):
-  """(path:line, row) of every row of the files matching `pattern`."""
-  import csv  # pylint: disable=g-import-not-at-top
+def read_log_lines(pattern: str):
+  """(path:line, line bytes) of every line of the files matching `pattern`,
+  split as ingestion splits them (raw_logs.iter_lines); .gz is decompressed.
 
+  Raises LogError for no match or a file that cannot be read to its end
+  (a truncated .gz), naming the file.
+  """
   paths = sorted(glob.glob(pattern))
   if not paths:
-    raise RequestError(f"no behaviour log matches {pattern!r}")
+    raise LogError(f"no behaviour log matches {pattern!r}")
   for path in paths:
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", newline="") as f:
-      for number, row in enumerate(csv.reader(f), start=1):
-        yield f"{path}:{number}", row
+    try:
+      with opener(path, "rb") as f:
+        for number, line in enumerate(raw_logs.iter_lines(f), start=1):
+          yield f"{path}:{number}", line
+    except (OSError, EOFError, zlib.error) as error:
+      raise LogError(f"{path}: cannot read it to its end: {error}") from None
 
 
 def _parse_candidates(text: str) -> tuple[list[int], list[int]]:
@@ -517,6 +572,10 @@ def _define_flags():
   flags.DEFINE_integer("max_seq_len", features.DEFAULT_MAX_SEQ_LEN,
                        "The model's max_seq_len: the most recent behaviours "
                        "kept.")
+  flags.DEFINE_boolean("skip_rejected_rows", False,
+                       "Skip log rows that ingestion rejects (as ingestion "
+                       "does), listing each on stderr; default: stop at the "
+                       "first with its file, line and reason.")
   flags.DEFINE_string("server", None,
                       "HOST:PORT to send to (8500 gRPC, 8501 REST); unset: "
                       "print the request.")
@@ -539,21 +598,26 @@ def main(argv):
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   try:
     item_ids, category_ids = _parse_candidates(FLAGS.candidates)
-    hist_items, hist_categories, hist_times, hist_types = (
-        _history_from_located_rows(
-            _read_log_rows(FLAGS.behavior_log), FLAGS.user_id,
-            FLAGS.request_timestamp, FLAGS.max_seq_len))
+    rejected = [] if FLAGS.skip_rejected_rows else None
+    hist_items, hist_categories, hist_times, hist_types = history_from_log(
+        FLAGS.behavior_log, FLAGS.user_id, FLAGS.request_timestamp,
+        FLAGS.max_seq_len, rejected=rejected)
+    for reject in rejected or ():
+      print(f"skipped {reject.source}: {reject.reason}: {reject.detail}",
+            file=sys.stderr)
+    if rejected:
+      print(f"skipped {len(rejected)} rows that ingestion rejects",
+            file=sys.stderr)
     rank = RankRequest(hist_items, hist_categories, hist_times, item_ids,
                        category_ids, FLAGS.request_timestamp,
-                       FLAGS.max_seq_len)
+                       FLAGS.max_seq_len, hist_behavior_types=hist_types)
     pin = dict(version=FLAGS.model_version,
                version_label=FLAGS.model_version_label)
     if FLAGS.signature == features.RANK_SIGNATURE:
       body = rank_rest_body(rank)
       make_grpc = lambda: rank_predict_request(rank, FLAGS.model_name, **pin)
     else:
-      examples = [dataclasses.replace(e, hist_behavior_types=hist_types)
-                  for e in examples_for_candidates(rank, FLAGS.user_id)]
+      examples = examples_for_candidates(rank, FLAGS.user_id)
       body = examples_rest_body(examples)
       make_grpc = lambda: examples_predict_request(
           examples, FLAGS.model_name, **pin)
@@ -566,6 +630,8 @@ def main(argv):
           FLAGS.timeout_s)
     else:
       probabilities = send_grpc(make_grpc(), FLAGS.server, FLAGS.timeout_s)
+  except LogError as error:
+    raise SystemExit(f"bad behaviour log: {error}") from None
   except RequestError as error:
     raise app.UsageError(f"bad request: {error}") from None
   except ServerError as error:

@@ -8,6 +8,7 @@ hand-written bodies in TF Serving's documented shapes.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import pathlib
@@ -67,10 +68,12 @@ def test_rank_predict_request_serializes_and_parses_back():
   tensors = client.request_inputs(parsed)
   expected = {
       "hist_item_ids": [11, 12, 13], "hist_category_ids": [1, 1, 2],
-      "hist_timestamps": [T0 - 30, T0 - 20, T0 - 20], "item_ids": [21, 22],
-      "category_ids": [2, 3],
+      "hist_timestamps": [T0 - 30, T0 - 20, T0 - 20],
+      "hist_behavior_types": [0, 0, 0],  # none given: all pv
+      "item_ids": [21, 22], "category_ids": [2, 3],
   }
   assert set(tensors) == set(expected) | {"request_timestamp"}
+  assert set(tensors) == set(features.RANK_INPUT_NAMES)
   for name, values in expected.items():
     assert tensors[name].dtype == np.int64
     np.testing.assert_array_equal(tensors[name], np.array(values, np.int64))
@@ -93,8 +96,36 @@ def test_rank_tensors_equal_tf_make_tensor_proto():
 def test_empty_history_is_a_valid_rank_request():
   rank = _rank(hist_item_ids=[], hist_category_ids=[], hist_timestamps=[])
   tensors = client.request_inputs(client.rank_predict_request(rank))
-  assert tensors["hist_item_ids"].shape == (0,)
-  assert tensors["hist_item_ids"].dtype == np.int64
+  for name in ("hist_item_ids", "hist_behavior_types"):
+    assert tensors[name].shape == (0,)
+    assert tensors[name].dtype == np.int64
+
+
+def test_rank_behavior_types_reach_grpc_rest_and_the_examples():
+  rank = _rank(hist_behavior_types=[3, 0, 2])
+  assert rank.hist_behavior_types == (3, 0, 2)
+  tensors = client.request_inputs(client.rank_predict_request(rank))
+  np.testing.assert_array_equal(tensors["hist_behavior_types"], [3, 0, 2])
+  assert tensors["hist_behavior_types"].dtype == np.int64
+  body = json.loads(json.dumps(client.rank_rest_body(rank)))
+  assert body["inputs"]["hist_behavior_types"] == [3, 0, 2]
+  assert list(body["inputs"]) == list(features.RANK_INPUT_NAMES)
+  examples = client.examples_for_candidates(rank, user_id=5)
+  strings = [e.serialize() for e in examples]
+  got = tf.io.parse_example(strings, _parse_spec(with_types=True))
+  np.testing.assert_array_equal(
+      tf.sparse.to_dense(got["hist_behavior_types"]).numpy(), [[3, 0, 2]] * 2)
+
+
+@pytest.mark.parametrize("types,message", [
+    ([0, 4, 1], "must index"),
+    ([0, -1, 1], r"hist_behavior_types\[1\] must be >= 0"),
+    ([0, 1], "2 hist_behavior_types for 3 behaviours"),
+    ([0, 1.0, 2], "must be an integer"),
+])
+def test_bad_rank_behavior_types_raise(types, message):
+  with pytest.raises(client.RequestError, match=message):
+    _rank(hist_behavior_types=types)
 
 
 @pytest.mark.parametrize("with_types", [True, False])
@@ -135,6 +166,7 @@ def test_rank_rest_body_is_tf_serving_columnar_json():
           "hist_item_ids": [11, 12, 13],
           "hist_category_ids": [1, 1, 2],
           "hist_timestamps": [T0 - 30, T0 - 20, T0 - 20],
+          "hist_behavior_types": [0, 0, 0],
           "item_ids": [21, 22],
           "category_ids": [2, 3],
           "request_timestamp": T0,
@@ -247,37 +279,77 @@ def test_no_examples_is_an_error():
     client.examples_predict_request([])
 
 
-def test_history_from_rows_point_in_time_and_truncation():
+def test_history_from_rows_point_in_time_ties_and_truncation():
   rows = [
-      ["7", "101", "1", "pv", str(T0 - 50)],
-      ["8", "999", "9", "buy", str(T0 - 40)],  # another user
-      ["7", "103", "3", "fav", str(T0 - 10)],
-      ["7", "102", "2", "cart", str(T0 - 10)],  # same second: log order
-      ["7", "104", "4", "pv", str(T0)],  # the request's second: excluded
-      ["7", "105", "5", "pv", str(T0 + 5)],  # future
-      ["7", "100", "1", "buy", str(T0 - 60)],  # out of order in the log
+      f"7,101,1,pv,{T0 - 50}",
+      f"8,999,9,buy,{T0 - 40}",  # another user
+      f"7,103,3,fav,{T0 - 10}",
+      f"7,102,2,cart,{T0 - 10}\r\n",  # same second: item 102 sorts first
+      f"7,104,4,pv,{T0}",  # the request's second: excluded
+      f"7,105,5,pv,{T0 + 5}",  # future
+      f"7,100,1,buy,{T0 - 60}".encode(),  # out of order in the log; bytes
   ]
   items, categories, times, types = client.history_from_rows(rows, 7, T0, 8)
-  assert items == [100, 101, 103, 102]
-  assert categories == [1, 1, 3, 2]
+  assert items == [100, 101, 102, 103]
+  assert categories == [1, 1, 2, 3]
   assert times == [T0 - 60, T0 - 50, T0 - 10, T0 - 10]
-  assert types == [3, 0, 2, 1]
-  items, _, times, _ = client.history_from_rows(rows, 7, T0, max_seq_len=2)
-  assert items == [103, 102] and times == [T0 - 10, T0 - 10]
+  assert types == [3, 0, 1, 2]
+  items, _, times, _ = client.history_from_rows(rows, 7, T0, max_seq_len=1)
+  assert items == [103] and times == [T0 - 10]
   assert client.history_from_rows(rows, 42, T0, 8) == ([], [], [], [])
 
 
+def test_history_from_rows_issue_example_skips_what_ingestion_rejects():
+  # Issue 9's rows: timestamp 0 is rejected by ingestion, so training saw
+  # [5, 9] ([9] with max_seq_len=1); the old client sent [111, 9, 5].
+  rows = ["1,111,7,pv,0", "1,9,3,pv,1793400000", "1,5,3,pv,1793400000"]
+  rejected = []
+  items, _, _, _ = client.history_from_rows(rows, 1, T0, 8, rejected=rejected)
+  assert items == [5, 9]
+  assert [(r.reason, r.source, r.line) for r in rejected] == [
+      ("bad_timestamp", "row 1", "1,111,7,pv,0")]
+  assert client.history_from_rows(rows, 1, T0, 1, rejected=[])[0] == [9]
+  with pytest.raises(client.LogError, match="row 1: bad_timestamp"):
+    client.history_from_rows(rows, 1, T0, 8)
+
+
 @pytest.mark.parametrize("row,message", [
-    (["7", "101", "1", "pv"], "row 2: expected 5 fields"),
-    (["7", "x1", "1", "pv", "5"], "row 2: item_id 'x1' is not an integer"),
-    (["7", "101", "1", "click", "5"], "row 2: behavior_type 'click'"),
-    (["-7", "101", "1", "pv", "5"], "row 2: user_id must be >= 0"),
-    (["7", "101", "1", "pv", "1.5"], "row 2: timestamp '1.5' is not"),
+    ("7,101,1,pv", "row 2: wrong_column_count: expected 5 columns, got 4"),
+    ("7,x1,1,pv,1793400000", "row 2: non_numeric_id: item_id='x1'"),
+    ("7,101,1,click,1793400000", "row 2: unknown_behavior_type: "
+     "behavior_type='click'"),
+    ("-7,101,1,pv,1793400000", "row 2: negative_id: user_id=-7"),
+    ("7,101,1,pv,1.5", "row 2: bad_timestamp: timestamp='1.5'"),
+    ("7,101,1,pv,0", "row 2: bad_timestamp: timestamp=0 outside"),
+    ("7,101,1,pv,1793400000000", "row 2: bad_timestamp"),  # milliseconds
+    ("", "row 2: empty_line"),
+    (b"7,1\xff1,1,pv,1793400000", "row 2: bad_encoding: 'utf-8' codec"),
 ])
 def test_history_from_rows_names_the_bad_row(row, message):
-  rows = [["7", "100", "1", "pv", "1"], row]
-  with pytest.raises(client.RequestError, match=message):
+  rows = ["7,100,1,pv,1793400000", row]
+  with pytest.raises(client.LogError, match=message):
     client.history_from_rows(rows, 7, T0, 8)
+  rejected = []
+  assert client.history_from_rows(rows, 7, T0, 8, rejected=rejected)[0] == [100]
+  assert len(rejected) == 1 and rejected[0].source == "row 2"
+
+
+def test_history_from_rows_checks_its_arguments():
+  with pytest.raises(client.RequestError, match="request_timestamp=0 outside"):
+    client.history_from_rows([], 7, 0, 8)
+  with pytest.raises(client.RequestError, match="max_seq_len must be"):
+    client.history_from_rows([], 7, T0, 0)
+  with pytest.raises(client.RequestError, match="row 1: a row must be a log"):
+    client.history_from_rows([["7", "100", "1", "pv", "5"]], 7, T0, 8)
+
+
+def test_client_module_imports_no_beam_tfx_or_tensorflow():
+  code = ("import sys, serving.client; print(sorted({m.split('.')[0] for m in "
+          "sys.modules} & {'apache_beam', 'tfx', 'tensorflow', 'keras'}))")
+  done = subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+      env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+  assert done.stdout.strip() == "[]"
 
 
 def _closed_port() -> int:
@@ -314,6 +386,7 @@ def test_cli_prints_the_rest_body_from_a_log(tmp_path):
       "signature_name": "rank",
       "inputs": {"hist_item_ids": [101, 102], "hist_category_ids": [1, 2],
                  "hist_timestamps": [T0 - 50, T0 - 5],
+                 "hist_behavior_types": [0, 3],
                  "item_ids": [201, 202], "category_ids": [1, 9],
                  "request_timestamp": T0},
   }
@@ -326,6 +399,44 @@ def test_cli_prints_the_rest_body_from_a_log(tmp_path):
                      "--candidates=201:1", f"--request_timestamp={T0}")
   assert missing.returncode != 0
   assert "no behaviour log matches" in missing.stderr
+
+
+def _one_line_error(done, expected):
+  assert done.returncode != 0
+  assert "Traceback" not in done.stderr
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and expected in lines[0], done.stderr
+
+
+def test_cli_names_file_and_line_of_a_bad_log_row(tmp_path):
+  log = tmp_path / "day.csv"
+  log.write_bytes(f"7,101,1,pv,{T0 - 50}\n7,1\xff2,2,pv,{T0 - 5}\n".encode(
+      "latin-1"))
+  args = (f"--behavior_log={log}", "--user_id=7", "--candidates=201:1",
+          f"--request_timestamp={T0}")
+  _one_line_error(_run_cli(*args), f"bad behaviour log: {log}:2: bad_encoding")
+  # Skipped on request, as ingestion skips it, and listed.
+  done = _run_cli(*args, "--skip_rejected_rows")
+  assert done.returncode == 0, done.stderr
+  assert json.loads(done.stdout)["inputs"]["hist_item_ids"] == [101]
+  assert f"skipped {log}:2: bad_encoding" in done.stderr
+  assert "skipped 1 rows that ingestion rejects" in done.stderr
+
+
+def test_cli_refuses_a_truncated_gz_log(tmp_path):
+  whole = gzip.compress("".join(
+      f"7,{100 + k},1,pv,{T0 - 500 + k}\n" for k in range(300)).encode())
+  log = tmp_path / "day.csv.gz"
+  log.write_bytes(whole[:len(whole) // 2])
+  _one_line_error(
+      _run_cli(f"--behavior_log={log}", "--user_id=7", "--candidates=201:1",
+               f"--request_timestamp={T0}"),
+      f"bad behaviour log: {log}: cannot read it to its end")
+  log.write_bytes(whole)  # the whole file reads
+  done = _run_cli(f"--behavior_log={log}", "--user_id=7", "--candidates=201:1",
+                  f"--request_timestamp={T0}", "--max_seq_len=2")
+  assert done.returncode == 0, done.stderr
+  assert json.loads(done.stdout)["inputs"]["hist_item_ids"] == [398, 399]
 
 
 # Deployment files: parsed with TF Serving's own protos where the pip package

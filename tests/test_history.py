@@ -112,3 +112,123 @@ def test_max_seq_len_is_checked():
   for bad in (0, features.MAX_SUPPORTED_SEQ_LEN + 1, 2.0, True):
     with pytest.raises(ValueError, match="max_seq_len"):
       history.user_history([], 1, T0, bad)
+
+
+# ---------------------------------------------------------------------------
+# Property: the serving client's history equals the ingestion's.
+
+# Rows that ingestion rejects, for the users the histories are built for; a
+# client that kept any of them would send a different history.
+_BAD_ROWS = (
+    "{u},{i},{c},pv,0",                     # timestamp 0
+    "{u},{i},{c},cart,{t}000",              # milliseconds
+    "{u},{i},{c},click,{t}",                # unknown type
+    "{u},x{i},{c},pv,{t}",                  # non-numeric id
+    "{u},{i},{c},pv",                       # a column short
+    "{u},-{i},{c},fav,{t}",                 # negative id
+    "",                                     # blank line
+    "{u},{i}\xff,{c},buy,{t}",              # not UTF-8 (written as latin-1)
+)
+
+
+def random_log(seed, users):
+  """(behaviour log bytes, impression log text) for `users`: behaviours on
+  few distinct seconds (same-second ties), impressions on those seconds and
+  next to them, about one row in eight rejected by ingestion."""
+  rng = random.Random(seed)
+  seconds = sorted(T0 + rng.randrange(3 * DAY) for _ in range(8))
+  lines = []
+  for _ in range(rng.randrange(20, 60)):
+    u, i, c = rng.choice(users), rng.randrange(1, 7), rng.randrange(1, 3)
+    t = rng.choice(seconds)
+    if rng.random() < 0.12:
+      line = rng.choice(_BAD_ROWS).format(u=u, i=i, c=c, t=t)
+    else:
+      line = f"{u},{i},{c},{rng.choice(features.BEHAVIOR_TYPES)},{t}"
+    lines.append(line + rng.choice(("\n", "\n", "\r\n")))
+  impressions = ["user_id,item_id,category_id,timestamp,clicked\n"]
+  for _ in range(12):
+    t = rng.choice(seconds) + rng.choice((0, 0, 1, 3600))
+    impressions.append(f"{rng.choice(users)},{rng.randrange(1, 9)},1,{t},"
+                       f"{rng.randrange(2)}\n")
+  return "".join(lines).encode("latin-1"), "".join(impressions)
+
+
+# Issue 9's rows: the old client sent [111, 9, 5]; ingestion, with
+# max_seq_len 2 as below, [5, 9] (timestamp 0 rejected, ties by item).
+_ISSUE_ROWS = b"1,111,7,pv,0\n1,9,7,pv,1793400000\n1,5,7,pv,1793400000\n"
+_ISSUE_IMPRESSIONS = "user_id,item_id,category_id,timestamp,clicked\n1,3,7,1793491200,1\n"
+LOGS = 5
+MAX_SEQ_LEN = 2  # short, so many histories are cut, some inside a tie
+
+
+def run_ingestion(tmp_path, max_seq_len):
+  """The real ingestion job in-process over tmp_path/{behaviors,impressions}
+  -> (examples, rejects)."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
+
+  config = ingestion.IngestionConfig(
+      input_format="impressions",
+      input_patterns=(str(tmp_path / "impressions" / "*.csv"),),
+      behavior_patterns=(str(tmp_path / "behaviors" / "*.csv"),),
+      max_seq_len=max_seq_len, min_history=0, eval_days=1,
+      max_timestamp=BOUNDS.max_timestamp)
+  out = tmp_path / "out"
+  with beam.Pipeline() as p:
+    outputs = ingestion.expand_ingestion(p, config)
+    examples = (outputs.train, outputs.eval) | beam.Flatten() | beam.Map(
+        lambda e: json.dumps(_history_of_example(e)))
+    examples | "WriteExamples" >> beam.io.WriteToText(str(out / "examples"))
+    outputs.rejects | beam.Map(lambda r: r.to_json()) | (
+        "WriteRejects" >> beam.io.WriteToText(str(out / "rejects")))
+  read = lambda prefix: [json.loads(line) for path in out.glob(f"{prefix}*")
+                         for line in path.read_text().splitlines()]
+  return read("examples"), read("rejects")
+
+
+def _history_of_example(serialized):
+  from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+
+  feature = example_pb2.Example.FromString(serialized).features.feature
+  values = lambda name: list(feature[name].int64_list.value)
+  return {
+      "user_id": values(features.USER_ID.name)[0],
+      "timestamp": values(features.TIMESTAMP.name)[0],
+      "history": [values(f.name) for f in features.RANK_HISTORY_FEATURES],
+  }
+
+
+def test_client_history_equals_ingestion_history(tmp_path):
+  """Five random logs (three users each) and issue 9's rows, as files of one
+  ingestion run (one Beam job keeps it fast); every example's history is
+  rebuilt by the client from the same files."""
+  from serving import client  # pylint: disable=g-import-not-at-top
+
+  for directory in ("behaviors", "impressions"):
+    (tmp_path / directory).mkdir()
+  for seed in range(LOGS):
+    users = [10 * (seed + 1) + k for k in range(3)]
+    behaviour_log, impression_log = random_log(seed, users)
+    (tmp_path / "behaviors" / f"log{seed}.csv").write_bytes(behaviour_log)
+    (tmp_path / "impressions" / f"log{seed}.csv").write_text(impression_log)
+  (tmp_path / "behaviors" / "issue.csv").write_bytes(_ISSUE_ROWS)
+  (tmp_path / "impressions" / "issue.csv").write_text(_ISSUE_IMPRESSIONS)
+  examples, rejects = run_ingestion(tmp_path, MAX_SEQ_LEN)
+  assert len(examples) == 12 * LOGS + 1  # min_history=0: one per impression
+  assert rejects  # the logs hold rows that ingestion rejects
+  pattern = str(tmp_path / "behaviors" / "*.csv")
+  cut = 0
+  for example in examples:
+    rejected = []
+    got = client.history_from_log(
+        pattern, example["user_id"], example["timestamp"], MAX_SEQ_LEN,
+        bounds=BOUNDS, rejected=rejected)
+    assert list(got) == example["history"], example
+    cut += len(example["history"][0]) == MAX_SEQ_LEN
+    # The client skips exactly the rows ingestion rejected, for the same reasons.
+    assert sorted(r.reason for r in rejected) == sorted(
+        r["reason"] for r in rejects)
+    if example["user_id"] == 1:
+      assert example["history"][0] == [5, 9]
+  assert cut >= 10  # the max_seq_len cut is exercised, not only short histories
