@@ -55,6 +55,10 @@ def _define_flags() -> None:
   flags.DEFINE_string("pipeline_name", None, "Pipeline name.")
   flags.DEFINE_bool("warm_start", None, "Start from the latest blessed model.")
   flags.DEFINE_multi_string("beam_pipeline_args", None, "Beam options (repeat the flag).")
+  flags.DEFINE_float(
+      "min_volume_ratio", None, "Stop when the eval day's volume falls below "
+      "this fraction of the earlier days' median (0: no check; default 0.7).",
+  )
   flags.DEFINE_multi_string(
       "hparam", None, "Extra trainer setting NAME=VALUE (JSON value), repeatable; "
       "unknown names are refused by the trainer's config.",
@@ -85,6 +89,7 @@ def config_from_flags() -> configs.PipelineConfig:
       "input_format": FLAGS.input_format, "schema_path": FLAGS.schema_path,
       "pipeline_name": FLAGS.pipeline_name, "warm_start": FLAGS.warm_start,
       "beam_pipeline_args": FLAGS.beam_pipeline_args,
+      "min_volume_ratio": FLAGS.min_volume_ratio,
   }
   values.update({k: v for k, v in optional.items() if v is not None})
   if FLAGS.hparam:
@@ -229,11 +234,41 @@ def run(config: configs.PipelineConfig):
     # below says which and MLMD keeps what completed for the next run.
     error = e
   tag_new_run(config, earlier_run_ids)
-  report = run_report.report(config.resolved_metadata_path, config.pipeline_name)
+  if error is not None and not run_report.run_ids(_writable_store(config)):
+    return None, error  # failed before TFX recorded a run
+  report = run_report.report(
+      config.resolved_metadata_path, config.pipeline_name,
+      run_failed=error is not None,
+  )
   return report, error
 
 
+def check_writable(config: configs.PipelineConfig) -> None:
+  """Local output directories must be writable before any component runs
+  (a read-only pipeline_root used to fail deep inside TFX)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  for name, path in (
+      ("pipeline_root", config.pipeline_root),
+      ("metadata_path", os.path.dirname(config.resolved_metadata_path) or "."),
+      ("serving_model_dir", config.serving_model_dir),
+  ):
+    if "://" in path:
+      continue  # object stores: left to the components
+    try:
+      os.makedirs(path, exist_ok=True)
+      with tempfile.TemporaryFile(dir=path):
+        pass
+    except OSError as error:
+      raise configs.ConfigError(
+          f"--{name} {path} is not writable: {error.strerror or error}"
+      ) from None
+
+
 def exit_status(report, error) -> int:
+  if report is None:
+    return 1
   if report.pushed:
     return 0
   # Blocked by a gate (bad data, a worse model, a failed infra check): the
@@ -248,7 +283,13 @@ def main(argv: Sequence[str]) -> Optional[int]:
   from preprocessing import environment  # pylint: disable=g-import-not-at-top
 
   environment.check_environment()
-  config = config_from_flags()
+  try:
+    config = config_from_flags()
+    check_schema_bound(config)
+    check_writable(config)
+  except configs.ConfigError as error:
+    print(f"local_runner: error: {error}", file=sys.stderr)
+    return 1
   print("pipeline config:", {k: v for k, v in dataclasses.asdict(config).items()})
   if not FLAGS.force_rerun:
     previous = completed_run(config)
@@ -266,12 +307,23 @@ def main(argv: Sequence[str]) -> Optional[int]:
       print(report.format())
       return exit_status(report, None)
   report, error = run(config)
-  print(report.format())
+  if report is not None:
+    print(report.format())
   if error is not None:
     print(f"run error: {type(error).__name__}: {error}", file=sys.stderr)
   return exit_status(report, error)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, except that --help exits 0 (absl exits 1)."""
+  try:
+    return FLAGS(argv)
+  except SystemExit as done:
+    if done.code == 1 and any(a in ("--help", "-h", "-?", "--helpfull", "--helpshort") for a in argv[1:]):
+      sys.exit(0)
+    raise
+
+
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -177,16 +177,33 @@ def validation_failures(evaluation_uri: str) -> list[str]:
   return failures
 
 
-def report(metadata_path: str, pipeline_name: str, run_id: Optional[str] = None) -> RunReport:
-  """Reads one run (default: the latest) back from MLMD."""
+_UNFINISHED_STATES = ("NEW", "RUNNING")
+
+
+def report(
+    metadata_path: str,
+    pipeline_name: str,
+    run_id: Optional[str] = None,
+    run_failed: bool = False,
+) -> RunReport:
+  """Reads one run (default: the latest) back from MLMD.
+
+  `run_failed`: the orchestrator raised. A component that raised stays
+  RUNNING in MLMD (the local orchestrator does not publish the failure of
+  every executor, e.g. ExampleGen's), so the report then shows its
+  unfinished executions as FAILED.
+  """
   store = connect(metadata_path)
   ids = run_ids(store)
   if not ids:
     raise ValueError(f"no pipeline run recorded in {metadata_path}")
   run_id = run_id or ids[-1]
   executions = node_executions(store, pipeline_name, run_id)
-  out = RunReport(run_id=run_id, states={n: _state_name(e) for n, e in sorted(
-      executions.items(), key=lambda item: item[1].create_time_since_epoch)})
+  states = {n: _state_name(e) for n, e in sorted(
+      executions.items(), key=lambda item: item[1].create_time_since_epoch)}
+  if run_failed:
+    states = {n: "FAILED" if s in _UNFINISHED_STATES else s for n, s in states.items()}
+  out = RunReport(run_id=run_id, states=states)
   if "Pusher" in executions:
     pushed = output_artifacts(store, executions["Pusher"]).get("pushed_model", [])
     if pushed:
