@@ -8,10 +8,12 @@ calling it fails here as it would in TF Serving.
 
 Checks: the `serving_default` signature takes exactly one rank-1 string input
 (serialized tf.Example) and returns the expected float output, one value per
-example; when the model has the `rank` signature (one user's history and N
-candidates), its inputs are exactly the expected names, dtypes and shapes
-(`--rank_inputs`) and its output is a float [N]; every warm-up request runs
-(requests for either signature); every output is finite and in [0, 1] and
+example; when the model has the `rank` signature (one user's history with
+behaviour types, and N candidates), its inputs are exactly the expected
+names, dtypes and shapes (`--rank_inputs`, from the feature registry's
+RANK_INPUT_NAMES) and its output is a float [N]; every warm-up request
+carries exactly its signature's inputs (TF Serving refuses a request with an
+input missing or extra) and runs; every output is finite and in [0, 1] and
 there is one per example (serving_default) or per candidate (rank).
 Writes a JSON report; exits 0 whether or not the model passed (the report
 says), non-zero only when the check itself could not run.
@@ -36,7 +38,8 @@ def _define_flags() -> None:
   flags.DEFINE_string(
       "rank_inputs", None,
       'JSON {input name: [dtype, shape]} the ranking signature must take, e.g. '
-      '{"item_ids": ["int64", [null]], "request_timestamp": ["int64", []]}.',
+      '{"hist_behavior_types": ["int64", [null]], "item_ids": ["int64", [null]], '
+      '"request_timestamp": ["int64", []]}.',
   )
   flags.DEFINE_string(
       "rank_candidates_input", "item_ids",
@@ -109,6 +112,12 @@ def check(model_dir, warmup_file, output_key, rank_signature="rank",
       reasons.append(f"warm-up request for signature {name!r}, which the model lacks")
       continue
     feed = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+    expected_inputs = set(signatures[name].structured_input_signature[1])
+    if set(feed) != expected_inputs:
+      reasons.append(
+          f"{name} warm-up request inputs {sorted(feed)} differ from the "
+          f"signature's {sorted(expected_inputs)}")
+      continue
     try:
       result = signatures[name](**{k: tf.constant(v) for k, v in feed.items()})
     except Exception as e:  # pylint: disable=broad-except

@@ -8,8 +8,10 @@ without the server binary:
    writes TF Serving warm-up requests (`assets.extra/tf_serving_warmup_requests`,
    a TFRecord of PredictionLog with `serving_default` PredictRequests built
    from held-out examples, labels removed) into that copy. When the model
-   has the `rank` signature, one more request for it: the held-out user with
-   the longest history and the first few held-out candidates.
+   has the `rank` signature, one more request for it with every input of
+   `features.RANK_INPUT_NAMES`: the held-out user with the longest history
+   (behaviour types included; pv for each behaviour when the examples have
+   none) and the first few held-out candidates.
 2. It runs `pipeline/infra_check.py` in a separate isolated process
    (`python -I`, cwd outside the repository: it can import only TensorFlow and
    the TF Serving protos), which loads the copy, checks the signatures' input
@@ -36,6 +38,7 @@ import tempfile
 from typing import Optional, Sequence
 
 from preprocessing import features
+from preprocessing import history
 
 CHECK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "infra_check.py")
 WARMUP_RELATIVE_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -48,20 +51,16 @@ INPUT_NAME = features.SERVING_EXAMPLES_KEY
 REQUEST_BATCH_SIZE = 8
 # Candidates in the `rank` warm-up request.
 RANK_CANDIDATES = 4
-RANK_HISTORY_FEATURES = (
-    features.HIST_ITEM_IDS, features.HIST_CATEGORY_IDS, features.HIST_TIMESTAMPS
-)
 
 
 def rank_input_spec() -> dict[str, list]:
-  """The `rank` signature's contract as infra_check reports specs: int64 [N]
-  or [L] lists and the int64 scalar request time (as trainer.serving_signatures
-  exports it)."""
-  spec = {f.name: ["int64", [None]] for f in RANK_HISTORY_FEATURES}
-  spec[features.RANK_ITEM_IDS_KEY] = ["int64", [None]]
-  spec[features.RANK_CATEGORY_IDS_KEY] = ["int64", [None]]
-  spec[features.RANK_REQUEST_TIMESTAMP_KEY] = ["int64", []]
-  return spec
+  """The `rank` signature's contract (features.RANK_INPUT_NAMES) as
+  infra_check reports specs: int64 [L] or [N] lists and the int64 scalar
+  request time."""
+  return {
+      name: ["int64", [] if name == features.RANK_REQUEST_TIMESTAMP_KEY else [None]]
+      for name in features.RANK_INPUT_NAMES
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,14 +117,17 @@ def rank_request_inputs(
 ) -> dict:
   """One `rank` request from held-out examples: the history of the example
   with the longest one (the first such), its impression time as the request
-  time, and the candidates of the first `num_candidates` examples.
+  time, and the candidates of the first `num_candidates` examples. Behaviour
+  types are the example's, or pv for each behaviour when it has none (a log
+  without types), as the Transform reads such an example.
 
   Returns:
-    {input name: numpy int64 array}: [L] history lists, [N] candidates, a
-    scalar request time.
+    {input name: numpy int64 array}, every features.RANK_INPUT_NAMES in that
+    order: [L] history lists, [N] candidates, a scalar request time.
 
   Raises:
-    ValueError: no example, or one lacks a candidate or time feature.
+    ValueError: no example, one lacks a candidate or time feature, or the
+      history's lists differ in length.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -146,16 +148,21 @@ def rank_request_inputs(
 
   user = max(parsed, key=lambda e: len(values(e, features.HIST_ITEM_IDS.name)))
   candidates = parsed[:num_candidates]
-  inputs = {
-      f.name: np.array(values(user, f.name), np.int64) for f in RANK_HISTORY_FEATURES
-  }
+  hist = {f.name: values(user, f.name) for f in features.RANK_HISTORY_FEATURES}
+  length = len(hist[features.HIST_ITEM_IDS.name])
+  types = features.HIST_BEHAVIOR_TYPES.name
+  hist[types] = history.rank_behavior_types(hist[types], length)
+  lengths = {name: len(v) for name, v in hist.items()}
+  if set(lengths.values()) != {length}:
+    raise ValueError(f"held-out example's history lists differ in length: {lengths}")
+  inputs = {name: np.array(v, np.int64) for name, v in hist.items()}
   inputs[features.RANK_ITEM_IDS_KEY] = np.array(
       [scalar(e, features.ITEM_ID.name) for e in candidates], np.int64)
   inputs[features.RANK_CATEGORY_IDS_KEY] = np.array(
       [scalar(e, features.CATEGORY_ID.name) for e in candidates], np.int64)
   inputs[features.RANK_REQUEST_TIMESTAMP_KEY] = np.array(
       scalar(user, features.TIMESTAMP.name), np.int64)
-  return inputs
+  return {name: inputs[name] for name in features.RANK_INPUT_NAMES}
 
 
 def write_warmup_requests(

@@ -1,7 +1,8 @@
 """Offline infra validation on tiny real SavedModels: a good one is blessed and
 carries warm-up requests; broken ones are refused with a reason. Models with
-a `rank` signature get a rank request built from held-out examples, and a
-rank that returns values outside [0, 1] or takes other inputs is refused."""
+a `rank` signature get a rank request built from held-out examples (every
+input of features.RANK_INPUT_NAMES, behaviour types included), and a rank
+that returns values outside [0, 1] or takes other inputs is refused."""
 
 import os
 
@@ -71,6 +72,9 @@ def examples_file(tmp_path_factory):
       feature["hist_category_ids"].int64_list.value.extend([i % 3] * length)
       feature["hist_timestamps"].int64_list.value.extend(
           range(900_000, 900_000 + length))
+      if i % 3 != 1:  # the others have no types, as a log without them
+        feature["hist_behavior_types"].int64_list.value.extend(
+            [(i + j) % 4 for j in range(length)])
       writer.write(example.SerializeToString())
   return path
 
@@ -139,49 +143,62 @@ def test_missing_model_is_reported(tmp_path):
 
 
 _RANK_SPECS = [
-    tf.TensorSpec([None], tf.int64, name=features.HIST_ITEM_IDS.name),
-    tf.TensorSpec([None], tf.int64, name=features.HIST_CATEGORY_IDS.name),
-    tf.TensorSpec([None], tf.int64, name=features.HIST_TIMESTAMPS.name),
-    tf.TensorSpec([None], tf.int64, name=features.RANK_ITEM_IDS_KEY),
-    tf.TensorSpec([None], tf.int64, name=features.RANK_CATEGORY_IDS_KEY),
-    tf.TensorSpec([], tf.int64, name=features.RANK_REQUEST_TIMESTAMP_KEY),
+    tf.TensorSpec([] if name == features.RANK_REQUEST_TIMESTAMP_KEY else [None],
+                  tf.int64, name=name)
+    for name in features.RANK_INPUT_NAMES
 ]
+_TYPES = features.RANK_INPUT_NAMES.index(features.HIST_BEHAVIOR_TYPES.name)
 
 
-def _rank_logits(hist_item_ids, item_ids, category_ids, request_timestamp):
+def _rank_logits(hist_item_ids, hist_behavior_types, item_ids, category_ids,
+                 request_timestamp):
   history = tf.cast(tf.size(hist_item_ids), tf.float32)
+  types = tf.cast(tf.reduce_sum(hist_behavior_types), tf.float32)
   seconds = tf.cast(request_timestamp - 1_000_000, tf.float32)
   return (tf.cast(item_ids - 100, tf.float32) * 0.1 + tf.cast(category_ids, tf.float32)
-          + 0.01 * history - 0.001 * seconds)
+          + 0.01 * history + 0.02 * types - 0.001 * seconds)
 
 
-def _rank_good(hist_item_ids, hist_category_ids, hist_timestamps, item_ids,
-               category_ids, request_timestamp):
+def _rank_good(hist_item_ids, hist_category_ids, hist_timestamps, hist_behavior_types,
+               item_ids, category_ids, request_timestamp):
   del hist_category_ids, hist_timestamps
-  logits = _rank_logits(hist_item_ids, item_ids, category_ids, request_timestamp)
+  logits = _rank_logits(hist_item_ids, hist_behavior_types, item_ids, category_ids,
+                        request_timestamp)
   return {"probabilities": tf.sigmoid(logits)}
 
 
-def _rank_out_of_range(hist_item_ids, hist_category_ids, hist_timestamps, item_ids,
-                       category_ids, request_timestamp):
+def _rank_out_of_range(hist_item_ids, hist_category_ids, hist_timestamps,
+                       hist_behavior_types, item_ids, category_ids, request_timestamp):
   del hist_category_ids, hist_timestamps
   return {"probabilities": 1.0 + _rank_logits(
-      hist_item_ids, item_ids, category_ids, request_timestamp) ** 2}
+      hist_item_ids, hist_behavior_types, item_ids, category_ids,
+      request_timestamp) ** 2}
 
 
-def _rank_one_output(hist_item_ids, hist_category_ids, hist_timestamps, item_ids,
-                     category_ids, request_timestamp):
+def _rank_one_output(hist_item_ids, hist_category_ids, hist_timestamps,
+                     hist_behavior_types, item_ids, category_ids, request_timestamp):
   probabilities = _rank_good(hist_item_ids, hist_category_ids, hist_timestamps,
-                             item_ids, category_ids, request_timestamp)["probabilities"]
+                             hist_behavior_types, item_ids, category_ids,
+                             request_timestamp)["probabilities"]
   return {"probabilities": probabilities[:1]}
 
 
-def _rank_float_candidates(hist_item_ids, hist_category_ids, hist_timestamps, item_ids,
-                           category_ids, request_timestamp):
-  del hist_category_ids, hist_timestamps
+def _rank_float_candidates(hist_item_ids, hist_category_ids, hist_timestamps,
+                           hist_behavior_types, item_ids, category_ids,
+                           request_timestamp):
+  del hist_category_ids, hist_timestamps, hist_behavior_types
   return {"probabilities": tf.sigmoid(
       item_ids * 0.1 + tf.cast(category_ids + request_timestamp + tf.size(
           hist_item_ids, out_type=tf.int64), tf.float32) * 0.0)}
+
+
+def _rank_without_types(hist_item_ids, hist_category_ids, hist_timestamps, item_ids,
+                        category_ids, request_timestamp):
+  """The rank signature before behaviour types: every behaviour a pv."""
+  del hist_category_ids, hist_timestamps
+  logits = _rank_logits(hist_item_ids, tf.zeros([0], tf.int64), item_ids,
+                        category_ids, request_timestamp)
+  return {"probabilities": tf.sigmoid(logits)}
 
 
 def _save_with_rank(path, rank_fn, rank_specs=None):
@@ -196,17 +213,37 @@ def _save_with_rank(path, rank_fn, rank_specs=None):
 def test_rank_request_is_the_longest_history_and_first_candidates(examples_file):
   examples = infra_validator.read_examples([examples_file], limit=11)
   got = infra_validator.rank_request_inputs(examples, num_candidates=4)
+  assert list(got) == list(features.RANK_INPUT_NAMES)
+  assert all(v.dtype == np.int64 for v in got.values())
   # Hand count: example 3 has the longest history, (3 * 7) % 11 = 10 behaviours.
   assert got["hist_item_ids"].tolist() == list(range(503, 513))
   assert got["hist_category_ids"].tolist() == [0] * 10
   assert got["hist_timestamps"].tolist() == list(range(900_000, 900_010))
+  assert got["hist_behavior_types"].tolist() == [3, 0, 1, 2] * 2 + [3, 0]
   assert got["request_timestamp"].shape == () and int(got["request_timestamp"]) == 1_000_003
   assert got["item_ids"].tolist() == [100, 101, 102, 103]
   assert got["category_ids"].tolist() == [0, 1, 2, 0]
   bare = tf.train.Example()
   bare.features.feature["hist_item_ids"].int64_list.value.append(1)
+  with pytest.raises(ValueError, match="differ in length"):
+    infra_validator.rank_request_inputs([bare.SerializeToString()])
+  bare.features.feature["hist_category_ids"].int64_list.value.append(1)
+  bare.features.feature["hist_timestamps"].int64_list.value.append(1)
   with pytest.raises(ValueError, match="'item_id'"):
     infra_validator.rank_request_inputs([bare.SerializeToString()])
+
+
+def test_rank_request_without_types_sends_pv(examples_file):
+  # Example 1 has no types ((7 * 1) % 11 = 7 behaviours): all pv, as the
+  # Transform reads an example without them.
+  (example,) = infra_validator.read_examples([examples_file], limit=2)[1:]
+  assert "hist_behavior_types" not in tf.train.Example.FromString(
+      example).features.feature
+  got = infra_validator.rank_request_inputs([example])
+  assert got["hist_item_ids"].tolist() == list(range(501, 508))
+  pv = features.BEHAVIOR_TYPES.index("pv")
+  assert got["hist_behavior_types"].tolist() == [pv] * 7
+  assert got["hist_behavior_types"].dtype == np.int64
 
 
 def test_model_with_rank_is_blessed_after_calling_rank(tmp_path, examples_file):
@@ -218,16 +255,19 @@ def test_model_with_rank_is_blessed_after_calling_rank(tmp_path, examples_file):
   assert result.blessed, result.reasons
   assert result.report["rank_inputs"] == {
       "hist_item_ids": ["int64", [None]], "hist_category_ids": ["int64", [None]],
-      "hist_timestamps": ["int64", [None]], "item_ids": ["int64", [None]],
-      "category_ids": ["int64", [None]], "request_timestamp": ["int64", []],
+      "hist_timestamps": ["int64", [None]], "hist_behavior_types": ["int64", [None]],
+      "item_ids": ["int64", [None]], "category_ids": ["int64", [None]],
+      "request_timestamp": ["int64", []],
   }
   assert result.report["rank_outputs"] == {"probabilities": ["float32", [None]]}
   assert result.report["rank_requests"] == 1 and result.report["rank_candidates"] == 4
   # 2 serving_default requests (8 + 3 examples) and the rank request.
   assert result.report["requests"] == 3 == result.report["warmup_requests_written"]
-  # Independent recomputation: user = example 3 (10 behaviours, t = 1,000,003),
-  # candidates items 100..103 with categories 0, 1, 2, 0.
-  logits = (np.arange(4) * 0.1 + np.array([0, 1, 2, 0]) + 0.01 * 10 - 0.001 * 3)
+  # Independent recomputation: user = example 3 (10 behaviours, t = 1,000,003,
+  # types (3 + j) % 4 summing to 2 * 6 + 3 = 15), candidates items 100..103
+  # with categories 0, 1, 2, 0.
+  logits = (np.arange(4) * 0.1 + np.array([0, 1, 2, 0]) + 0.01 * 10 + 0.02 * 15
+            - 0.001 * 3)
   expected = 1 / (1 + np.exp(-logits))
   assert result.report["rank_prediction_min"] == pytest.approx(expected.min(), rel=1e-6)
   assert result.report["rank_prediction_max"] == pytest.approx(expected.max(), rel=1e-6)
@@ -244,10 +284,13 @@ def test_model_with_rank_is_blessed_after_calling_rank(tmp_path, examples_file):
         (_rank_out_of_range, None, "rank: 4 outputs not finite in [0, 1]"),
         (_rank_one_output, None, "1 outputs for 4 rank candidates"),
         (_rank_float_candidates,
-         _RANK_SPECS[:3] + [tf.TensorSpec([None], tf.float32, name="item_ids")] + _RANK_SPECS[4:],
+         [tf.TensorSpec([None], tf.float32, name="item_ids")
+          if s.name == "item_ids" else s for s in _RANK_SPECS],
+         "rank inputs"),
+        (_rank_without_types, _RANK_SPECS[:_TYPES] + _RANK_SPECS[_TYPES + 1:],
          "rank inputs"),
     ],
-    ids=["out-of-range", "wrong-length", "float-candidates"],
+    ids=["out-of-range", "wrong-length", "float-candidates", "no-behavior-types"],
 )
 def test_broken_rank_is_not_blessed(tmp_path, examples_file, rank_fn, specs, reason):
   model_dir = _save_with_rank(str(tmp_path / "model"), rank_fn, specs)
@@ -258,3 +301,18 @@ def test_broken_rank_is_not_blessed(tmp_path, examples_file, rank_fn, specs, rea
   assert not result.blessed
   assert any(reason in r for r in result.reasons), result.reasons
   assert not os.path.exists(os.path.join(out, infra_validator.STAMPED_MODEL_DIR))
+
+
+def test_warmup_request_missing_an_input_is_refused(tmp_path, examples_file):
+  """TF Serving refuses a request without every signature input; so does the
+  check, naming the inputs (a rank warm-up request without behaviour types)."""
+  model_dir = _save_with_rank(str(tmp_path / "model"), _rank_good)
+  examples = infra_validator.read_examples([examples_file], limit=11)
+  inputs = infra_validator.rank_request_inputs(examples)
+  del inputs["hist_behavior_types"]
+  warmup = str(tmp_path / "warmup")
+  infra_validator.write_warmup_requests(warmup, examples, rank_inputs=inputs)
+  report = infra_validator.run_isolated_check(model_dir, warmup)
+  assert not report["ok"]
+  assert any("rank warm-up request inputs" in r and "hist_behavior_types" in r
+             for r in report["reasons"]), report["reasons"]
