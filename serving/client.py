@@ -640,8 +640,22 @@ def main(argv):
                     features.PROBABILITIES_KEY: probabilities}))
 
 
+def _parse_flags(argv):
+  """absl's parser, but --help exits 0 (absl's exits 1)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit as done:
+    if done.code == 1 and any(
+        a in ("--help", "-h", "-?", "--helpfull", "--helpshort")
+        for a in argv[1:]):
+      sys.exit(0)
+    raise
+
+
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
 
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -401,6 +401,13 @@ def test_cli_prints_the_rest_body_from_a_log(tmp_path):
   assert "no behaviour log matches" in missing.stderr
 
 
+def test_cli_help_exits_0():
+  done = _run_cli("--help")
+  assert done.returncode == 0, done.stderr
+  assert "skip_rejected_rows" in done.stdout
+  assert _run_cli("--no_such_flag=1").returncode != 0
+
+
 def _one_line_error(done, expected):
   assert done.returncode != 0
   assert "Traceback" not in done.stderr
