@@ -368,10 +368,10 @@ def test_unreachable_server_gives_server_error():
                      timeout_s=2)
 
 
-def _run_cli(*args):
+def _run_cli(*args, cwd=ROOT):
   env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "PYTHONPATH": str(ROOT)}
   return subprocess.run([sys.executable, "-m", "serving.client", *args],
-                        env=env, capture_output=True, text=True, cwd=ROOT,
+                        env=env, capture_output=True, text=True, cwd=cwd,
                         check=False)
 
 
@@ -399,6 +399,28 @@ def test_cli_prints_the_rest_body_from_a_log(tmp_path):
                      "--candidates=201:1", f"--request_timestamp={T0}")
   assert missing.returncode != 0
   assert "no behaviour log matches" in missing.stderr
+
+
+def test_readme_worked_request_is_what_the_cli_prints(tmp_path):
+  section = (ROOT / "serving" / "README.md").read_text().split(
+      "## The client", 1)[1].split("\n## ", 1)[0]
+  blocks = section.split("```\n")[1::2]
+  log, refused, skipped = blocks[0], blocks[1], blocks[2]
+  (tmp_path / "behaviors.csv").write_text(log)
+  args = ["--behavior_log=behaviors.csv", "--user_id=42",
+          "--candidates=1001:7,5005:9", "--request_timestamp=1793491200"]
+  one_line = lambda text: " ".join(text.replace("\\\n", " ").split())
+  assert " ".join(args) in one_line(refused)
+  expected_error = refused.splitlines()[-1].split(" outside ")[0]
+  _one_line_error(_run_cli(*args, cwd=tmp_path), expected_error)
+  assert " ".join(args[2:]) + " --max_seq_len=2 --skip_rejected_rows" in (
+      one_line(skipped))
+  done = _run_cli(*args, "--max_seq_len=2", "--skip_rejected_rows",
+                  cwd=tmp_path)
+  assert done.returncode == 0, done.stderr
+  assert json.loads(done.stdout) == json.loads(skipped.splitlines()[-1])
+  for line in skipped.splitlines()[3:-1]:
+    assert line.split(" outside ")[0] in done.stderr
 
 
 def test_cli_help_exits_0():
