@@ -450,3 +450,42 @@ def test_volume_problems_flag_an_eval_day_far_below_the_earlier_days():
   assert ingestion.volume_problems(days, None, 0.7) == []
   with pytest.raises(ValueError, match="min_volume_ratio"):
     ingestion.IngestionConfig(input_format="behavior", input_patterns=("x",), min_volume_ratio=1.5)
+
+
+@pytest.mark.e2e
+def test_cli_faults_end_in_one_line_errors_and_nothing_written(tmp_path):
+  """A glob matching nothing, a bad --max_seq_len, a truncated .gz, a reused
+  output_dir: exit 1 with one line on stderr, no traceback, no output; --help
+  exits 0."""
+  rows = [(1, 50 + i, 500, T0 + 5 + i, i % 2) for i in range(3000)] + list(GOOD_IMPRESSIONS)
+  whole = gzip.compress(_impression_bytes(rows))
+  config = _small_impressions(tmp_path / "raw", whole[: len(whole) // 2], "imp.csv.gz")
+  env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
+             PYTHONPATH=os.getcwd())
+  out = tmp_path / "out"
+
+  def cli(*args, inputs=config.input_patterns[0]):
+    return subprocess.run(
+        [sys.executable, "-m", "preprocessing.build_examples", f"--input={inputs}",
+         "--input_format=impressions", f"--behavior_log={config.behavior_patterns[0]}",
+         f"--output_dir={out}", "--min_history=0", f"--max_timestamp={MAX_TS}", *args],
+        capture_output=True, text=True, timeout=300, env=env)
+
+  def error_line(proc):
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("build_examples: error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert not out.exists() or os.listdir(out) == ["keep"]
+    return errors[0]
+
+  assert "no file matches" in error_line(cli(inputs=str(tmp_path / "nothing*.csv")))
+  assert "max_seq_len" in error_line(cli("--max_seq_len=0"))
+  line = error_line(cli("--max_seq_len=2"))
+  assert "imp.csv.gz" in line and "could not be read whole" in line and "EOFError" in line
+  out.mkdir()
+  (out / "keep").write_text("an earlier run")
+  assert "not empty; pass --overwrite" in error_line(cli("--max_seq_len=2"))
+  assert sorted(os.listdir(tmp_path)) == ["out", "raw"]  # no staging left
+  helped = cli("--help")
+  assert helped.returncode == 0 and "--overwrite" in helped.stdout + helped.stderr

@@ -317,3 +317,55 @@ def test_corrupt_input_stops_before_training(tmp_path):
   for node in ("Transform", "Trainer", "Evaluator", "Pusher"):
     assert node not in report.states
   assert _versions(config.serving_model_dir) == []
+
+
+def test_a_lost_half_day_stops_before_transform(tmp_path):
+  """The later half of the eval day's rows is missing from both logs (every
+  row left is valid, so ExampleValidator and the reject fraction see
+  nothing): the volume check of the data gate stops the run, exit 3, nothing
+  trained."""
+  data = _make_data(str(tmp_path / "data"))
+  day_file = DATE.replace("-", "") + ".csv"
+  with open(os.path.join(data, "impressions", day_file)) as f:
+    impressions = f.read().splitlines()
+  # The median impression time of the day: half the impressions come after it.
+  cut = sorted(int(l.split(",")[3]) for l in impressions[1:])[len(impressions) // 2]
+  for log, column in (("impressions", 3), ("behaviors", 4)):
+    path = os.path.join(data, log, day_file)
+    with open(path) as f:
+      lines = f.read().splitlines()
+    kept = [l for l in lines if not l[:1].isdigit() or int(l.split(",")[column]) < cut]
+    assert len(lines) * 0.3 < len(kept) < len(lines) * 0.7, (log, len(lines), len(kept))
+    with open(path, "w") as f:
+      f.write("\n".join(kept) + "\n")
+  ws = {"data": data, "pipeline_root": str(tmp_path / "root"),
+        "serving": str(tmp_path / "serving"),
+        "schema": _schema(str(tmp_path / "schema.pbtxt"), MAX_SEQ_LEN)}
+  done = _run_cli(_flags(ws, train_steps=5))
+  assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
+  assert "DataGate=FAILED" in done.stdout and "RUNNING" not in done.stdout
+  assert "NOT PUSHED: the data gate stopped the run" in done.stdout
+  assert f"volume: {DATE}: " in done.stderr and " impressions, " in done.stderr
+  report = run_report.report(os.path.join(ws["pipeline_root"], "metadata.sqlite"), "eta-ctr")
+  for node in ("Transform", "Trainer", "Pusher"):
+    assert node not in report.states
+  assert _versions(ws["serving"]) == []
+
+
+def test_runner_one_line_errors_and_help(tmp_path):
+  (tmp_path / "a_file").write_text("x")
+  ws = {"data": str(tmp_path), "pipeline_root": str(tmp_path / "a_file" / "root"),
+        "serving": str(tmp_path / "serving"),
+        "schema": _schema(str(tmp_path / "schema.pbtxt"), MAX_SEQ_LEN)}
+  for args, message in (
+      (_flags(ws), "local_runner: error: --pipeline_root "),
+      (_flags(dict(ws, pipeline_root=str(tmp_path / "r")), max_seq_len=70),
+       "local_runner: error: max_seq_len 70 differs from the schema's history bound 64"),
+      (_flags(dict(ws, pipeline_root=str(tmp_path / "r")), min_volume_ratio=2),
+       "local_runner: error: min_volume_ratio must be a number in [0, 1)"),
+  ):
+    done = _run_cli(args, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-3000:]
+  assert _run_cli(["--help"], timeout=300).returncode == 0
