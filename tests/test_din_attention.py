@@ -68,6 +68,23 @@ def test_equals_numpy_reference(hidden_units, activation):
   np.testing.assert_array_equal(got[0], 0.0)
 
 
+def test_shared_history_equals_one_candidate_at_a_time():
+  """`shared` (N candidates, one history; first layer applied in parts)
+  equals `call` on each candidate with that history, and the numpy reference."""
+  query, keys, mask = small_case(seed=6)
+  layer = din_attention.DinAttention(hidden_units=(8, 4))
+  layer(query, keys, mask)
+  _randomise_biases(layer, 6)
+  shared = layer.shared(query, keys[1], mask[1]).numpy()
+  assert shared.shape == query.shape
+  one_at_a_time = layer(query, np.broadcast_to(keys[1], keys.shape),
+                        np.broadcast_to(mask[1], mask.shape)).numpy()
+  np.testing.assert_allclose(shared, one_at_a_time, rtol=1e-5, atol=1e-5)
+  want = numpy_din(query, np.broadcast_to(keys[1], keys.shape),
+                   np.broadcast_to(mask[1], mask.shape), layer.get_weights(), "sigmoid")
+  np.testing.assert_allclose(shared, want, rtol=1e-4, atol=1e-5)
+
+
 def test_no_softmax_scores_add_up():
   """With a constant scorer (zero kernels, bias 1) the output is the SUM of
   the real keys, not their mean: DIN keeps the intensity of interest."""

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from preprocessing import features
 from preprocessing import transforms
+from trainer import branches
 from trainer import config
 from trainer import input as input_lib
 from trainer import model as model_lib
@@ -31,16 +32,6 @@ def small_config(variant, **overrides):
                 embedding_dim=16, head_dim=8, mlp_units=(32,))
   values.update(overrides)
   return config.ModelConfig(**values)
-
-
-def copy_weights_by_layer_name(source, target):
-  source_layers = {layer.name: layer for layer in source.layers}
-  copied = 0
-  for layer in target.layers:
-    if layer.name in source_layers and layer.weights:
-      layer.set_weights(source_layers[layer.name].get_weights())
-      copied += 1
-  return copied
 
 
 def logits_of(model, inputs):
@@ -72,11 +63,23 @@ def test_eta_with_k_equal_to_l_equals_full_attention(batch):
   inputs, _ = batch
   eta = model_lib.build_model(small_config("eta", top_k=L))
   full = model_lib.build_model(small_config("full_attention", seed=1))
-  # Every layer of full_attention has its namesake in eta (eta adds SimHash).
+  # Every layer but the branch has its namesake; the branches share the
+  # attention (eta adds SimHash and top-k, which have no trained weights).
   assert copy_weights_by_layer_name(eta, full) == sum(
       1 for layer in full.layers if layer.weights
-  )
+  ) - 1
+  full.long_branch.attention.set_weights(eta.long_branch.attention.get_weights())
   np.testing.assert_allclose(logits_of(eta, inputs), logits_of(full, inputs), atol=1e-5)
+
+
+def copy_weights_by_layer_name(source, target):
+  source_layers = {layer.name: layer for layer in source.layers}
+  copied = 0
+  for layer in target.layers:
+    if layer.name in source_layers and layer.weights and layer.name != "long_branch":
+      layer.set_weights(source_layers[layer.name].get_weights())
+      copied += 1
+  return copied
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -115,7 +118,7 @@ def test_sim_hard_selects_the_k_most_recent_of_the_category():
   hist_length = rng.integers(0, length + 1, batch_size)
   mask = np.arange(length)[None, :] >= length - hist_length[:, None]
   candidate = rng.integers(1, 4, batch_size)
-  indices, valid = model_lib.same_category_recent(
+  indices, valid = branches.same_category_recent(
       tf.constant(candidate, tf.int64), tf.constant(categories, tf.int64),
       tf.constant(mask), k,
   )
@@ -142,65 +145,75 @@ def numpy_pack(bits):
 def test_item_signatures_equal_numpy_simhash_and_follow_training(batch):
   inputs, labels = batch
   model = model_lib.build_model(small_config("eta"))
+  branch = model.long_branch
   ids = inputs[features.HIST_ITEM_IDS.name]
-  projection = model.simhash.projection.numpy().copy()
+  projection = branch.simhash.projection.numpy().copy()
 
   def reference():
-    table = model.item_embedding.embeddings.numpy()
+    table = model.feature_embeddings.item_embedding.embeddings.numpy()
     return numpy_pack(table[ids.numpy()] @ projection > 0)
 
-  np.testing.assert_array_equal(model.item_signatures(ids).numpy(), reference())
+  np.testing.assert_array_equal(branch.signatures(ids, ids).numpy(), reference())
   model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), run_eagerly=True)
-  before = model.item_signatures(ids).numpy()
+  before = branch.signatures(ids, ids).numpy()
   model.fit(tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(64), verbose=0)
-  after = model.item_signatures(ids).numpy()
-  np.testing.assert_array_equal(model.simhash.projection.numpy(), projection)
+  after = branch.signatures(ids, ids).numpy()
+  np.testing.assert_array_equal(branch.simhash.projection.numpy(), projection)
   np.testing.assert_array_equal(after, reference())
   assert (before != after).any()  # recomputed from the trained embeddings
 
 
-def test_sdim_pair_signatures_equal_per_position_hashing(batch):
+@pytest.mark.parametrize("variant,overrides", [
+    ("sdim", {}),
+    ("eta", {"retrieval_embedding": "item_category"}),
+    ("eta", {"retrieval_embedding": "item_category", "use_item_ids": False}),
+])
+def test_pair_signatures_equal_per_position_hashing(variant, overrides, batch):
   inputs, _ = batch
-  model = model_lib.build_model(small_config("sdim"))
+  model = model_lib.build_model(small_config(variant, **overrides))
+  embeddings = model.feature_embeddings
   items = inputs[features.HIST_ITEM_IDS.name]
   categories = inputs[features.HIST_CATEGORY_IDS.name]
-  rows = tf.concat([model.item_embedding(items), model.category_embedding(categories)], -1)
+  if variant == "sdim":
+    hasher, vectors = model.long_branch.aggregation.simhash, embeddings.query
+  else:
+    hasher, vectors = model.long_branch.simhash, embeddings.retrieval_vectors
+  width = 2 * 16 if overrides.get("use_item_ids", True) else 16
+  assert vectors(items, categories).shape[-1] == width
   np.testing.assert_array_equal(
-      model.item_category_signatures(items, categories).numpy(),
-      model.sdim_aggregation.simhash(rows).numpy(),
+      branches.hash_pairs(hasher, vectors, items, categories).numpy(),
+      hasher(vectors(items, categories)).numpy(),
   )
 
 
-def test_short_branch_reads_the_last_positions(batch):
+def test_without_item_ids_the_model_has_no_item_table_and_ignores_item_ids(batch):
+  inputs, _ = batch
+  model = model_lib.build_model(small_config(
+      "eta", use_item_ids=False, retrieval_embedding="item_category", long_statistics=False))
+  assert model.feature_embeddings.item_embedding is None
+  assert not any("item_embedding" in w.name for w in model.weights)
+  other = dict(inputs)
+  for name in (features.ITEM_ID.name, features.HIST_ITEM_IDS.name):
+    other[name] = tf.where(inputs[name] > 0, inputs[name] % 97 + 1, 0)
+  np.testing.assert_allclose(logits_of(model, inputs), logits_of(model, other), atol=1e-6)
+
+
+def test_short_branch_reads_only_the_last_positions(batch):
   inputs, _ = batch
   model = model_lib.build_model(small_config("din", short_seq_len=10, din_hidden_units=(8,)))
-  item = inputs[features.ITEM_ID.name]
-  query = tf.concat(
-      [model.item_embedding(item), model.category_embedding(inputs[features.CATEGORY_ID.name])],
-      -1,
-  ).numpy()
-  history = {name: inputs[name] for name in transforms.SEQUENCE_OUTPUTS}
   length = inputs[transforms.HIST_LENGTH].numpy()
-  mask = model_lib.valid_mask(tf.constant(length), L)
-  got = model.short_interest(tf.constant(query), history, mask).numpy()
-  # numpy DIN over positions [L - 10, L) with the layer's weights.
-  items = history[features.HIST_ITEM_IDS.name].numpy()[:, -10:]
-  cats = history[features.HIST_CATEGORY_IDS.name].numpy()[:, -10:]
-  keys = np.concatenate(
-      [model.item_embedding.embeddings.numpy()[items],
-       model.category_embedding.embeddings.numpy()[cats]], -1,
-  )
-  q = np.broadcast_to(query[:, None, :], keys.shape)
-  hidden = np.concatenate([q, keys, q - keys, q * keys], -1)
-  (w0, b0), (w1, b1) = (
-      model.short_attention.hidden_layers[0].get_weights(),
-      model.short_attention.score_layer.get_weights(),
-  )
-  hidden = 1 / (1 + np.exp(-(hidden @ w0 + b0)))
-  scores = (hidden @ w1 + b1)[..., 0]
-  real = np.arange(L - 10, L)[None, :] >= L - length[:, None]
-  want = np.sum((scores * real)[..., None] * keys, axis=1)
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert (length > 11).any()
+
+  def with_items_changed(positions):
+    values = inputs[features.HIST_ITEM_IDS.name].numpy().copy()
+    values[:, positions] = np.where(values[:, positions] > 0,
+                                    values[:, positions] % 1000 + 3, 0)
+    return dict(inputs, **{features.HIST_ITEM_IDS.name: tf.constant(values)})
+
+  base = logits_of(model, inputs)
+  np.testing.assert_allclose(logits_of(model, with_items_changed(slice(0, L - 10))), base,
+                             atol=1e-6)
+  assert np.abs(logits_of(model, with_items_changed(slice(L - 10, L))) - base).max() > 1e-4
 
 
 @pytest.mark.parametrize("variant", ["eta", "sim_hard", "sdim", "exact_topk"])
@@ -208,7 +221,7 @@ def test_xla_gives_the_same_predictions(variant, batch):
   inputs, _ = batch
   plain = model_lib.build_model(small_config(variant))
   compiled = model_lib.build_model(small_config(variant, jit_compile=True, seed=5))
-  copy_weights_by_layer_name(plain, compiled)
+  compiled.set_weights(plain.get_weights())
 
   @tf.function
   def predict(features_):
@@ -221,10 +234,11 @@ def test_xla_gives_the_same_predictions(variant, batch):
 
 def test_signature_table_matches_item_signatures():
   model = model_lib.build_model(small_config("eta"))
-  table = model.signature_table().numpy()
+  table = model.long_branch.signature_table().numpy()
   assert table.shape == (features.ITEM_ID.buckets, 1)
   ids = tf.constant([[1, 5, 77], [0, 262143, 5]], tf.int64)
-  np.testing.assert_array_equal(model.item_signatures(ids).numpy(), table[ids.numpy()])
+  np.testing.assert_array_equal(model.long_branch.signatures(ids, ids).numpy(),
+                                table[ids.numpy()])
 
 
 def test_model_config_round_trip():
@@ -244,12 +258,15 @@ def test_embedding_penalty_counts_each_used_row_once(batch):
   items = np.concatenate([inputs["item_id"].numpy().ravel(), inputs["hist_item_ids"].numpy().ravel()])
   cats = np.concatenate([inputs["category_id"].numpy().ravel(),
                          inputs["hist_category_ids"].numpy().ravel()])
-  item_table = model.item_embedding.embeddings.numpy()
-  category_table = model.category_embedding.embeddings.numpy()
-  want = sum(float(np.sum(item_table[i] ** 2)) for i in set(items.tolist()) - {0})
-  want += sum(float(np.sum(category_table[c] ** 2)) for c in set(cats.tolist()) - {0})
+  item_table = model.feature_embeddings.item_embedding.embeddings.numpy()
+  category_table = model.feature_embeddings.category_embedding.embeddings.numpy()
+  rows = [item_table[i] for i in set(items.tolist()) - {0}]
+  rows += [category_table[c] for c in set(cats.tolist()) - {0}]
+  # The mean squared entry of the distinct rows in use (about stddev**2).
+  want = float(np.mean(np.square(rows)))
+  assert 0.5 < want < 2.0
   assert float(model.embedding_penalty(inputs)) == pytest.approx(want, rel=1e-5)
-  # The training loss adds it (per example of the batch); evaluation does not.
+  # The training loss adds weight * penalty to the mean log loss; evaluation does not.
   with_penalty = float(model.compute_loss((inputs, labels), training=True))
   without = float(model.compute_loss((inputs, labels), training=False))
-  assert with_penalty - without == pytest.approx(0.5 * want / labels.shape[0], rel=1e-4)
+  assert with_penalty - without == pytest.approx(0.5 * want, rel=1e-4)

@@ -102,6 +102,14 @@ def test_identical_keys_give_the_normalised_query():
     )
 
 
+def test_n_candidates_sharing_a_history_equal_one_at_a_time():
+  query, keys, mask = small_case()
+  layer = sdim.SdimAggregation(num_bits=48, tau=3, seed=4)
+  shared = layer(np.stack([query, query[::-1]], axis=1), keys, mask).numpy()
+  np.testing.assert_allclose(shared[:, 0], layer(query, keys, mask).numpy(), atol=1e-6)
+  np.testing.assert_allclose(shared[:, 1], layer(query[::-1], keys, mask).numpy(), atol=1e-6)
+
+
 def test_precomputed_signatures_give_the_same_output():
   query, keys, mask = small_case(seed=5)
   layer = sdim.SdimAggregation(num_bits=48, tau=3, seed=6)
@@ -185,9 +193,9 @@ def test_collision_rate_per_signature_matches_theory():
   y = math.cos(theta) * x + math.sin(theta) * u
   layer = sdim.SdimAggregation(num_bits=48, tau=tau, seed=15)
   layer.build([None, d])
-  qx = layer._signature_bits(layer.simhash(x.astype(np.float32))).numpy()
-  qy = layer._signature_bits(layer.simhash(y.astype(np.float32))).numpy()
-  same = (qx == qy).all(axis=-1)
+  qx = layer.signature_codes(layer.simhash(x.astype(np.float32))).numpy()
+  qy = layer.signature_codes(layer.simhash(y.astype(np.float32))).numpy()
+  same = qx == qy
   p = (1 - theta / math.pi) ** tau
   assert abs(same.mean() - p) < 5 * math.sqrt(p * (1 - p) / n)
 
@@ -215,4 +223,4 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="mask must be bool"):
     layer(query, keys, mask.astype(np.float32))
   with pytest.raises(ValueError, match="query must be"):
-    sdim.SdimAggregation()(keys, keys, mask)
+    sdim.SdimAggregation()(keys[:, tf.newaxis], keys, mask)

@@ -1,4 +1,4 @@
-"""Serving signatures: the signature table, `rank`, and the exported SavedModel.
+"""Serving: `rank` vs the model's batch path, nonsense refused, the exported SavedModels.
 
 References are independent of the code under test: the model's own batched
 forward pass (one tf.Example per candidate, the training path), a numpy
@@ -57,7 +57,7 @@ def randomized_model(model_config: config.ModelConfig, seed: int = 0):
 
 
 def history(length: int, seed: int) -> dict[str, list[int]]:
-  """A raw history of `length` behaviours (items repeat, so ties occur)."""
+  """A raw history of `length` behaviours of every type (items repeat: ties)."""
   rng = np.random.default_rng(seed)
   items = rng.integers(1, 40, length)
   gaps = np.sort(rng.integers(1, 10**7, length))[::-1]
@@ -65,6 +65,9 @@ def history(length: int, seed: int) -> dict[str, list[int]]:
       features.HIST_ITEM_IDS.name: [int(i) for i in items],
       features.HIST_CATEGORY_IDS.name: [int(i % NUM_CATEGORIES) for i in items],
       features.HIST_TIMESTAMPS.name: [int(T0 - g) for g in gaps],
+      features.HIST_BEHAVIOR_TYPES.name: [
+          int(t) for t in rng.integers(0, len(features.BEHAVIOR_TYPES), length)
+      ],
   }
 
 
@@ -95,8 +98,7 @@ def serialized_examples(inputs: dict) -> list[bytes]:
         features.CATEGORY_ID.name: [int(category)],
         features.TIMESTAMP.name: [int(inputs[features.RANK_REQUEST_TIMESTAMP_KEY])],
     }
-    for feature in (features.HIST_ITEM_IDS, features.HIST_CATEGORY_IDS,
-                    features.HIST_TIMESTAMPS):
+    for feature in features.RANK_HISTORY_FEATURES:
       values[feature.name] = [int(v) for v in inputs[feature.name]]
     example = tf.train.Example()
     for name, ints in values.items():
@@ -119,6 +121,18 @@ def call_rank(function, inputs: dict) -> np.ndarray:
   return function(**tensors)[features.PROBABILITIES_KEY].numpy()
 
 
+_TRACED: dict[int, object] = {}
+
+
+def serving_rank(model):
+  """`rank` as the export traces it (frozen serving constants, no XLA), traced
+  once per model (tracing costs seconds)."""
+  if id(model) not in _TRACED:
+    with model.xla_disabled(), model.frozen_for_serving():
+      _TRACED[id(model)] = (model, serving_signatures.rank_function(model))
+  return _TRACED[id(model)][1]
+
+
 HISTORIES = {
     "typical": history(20, seed=1),
     "shorter_than_k": history(K - 3, seed=2),
@@ -136,13 +150,17 @@ def models():
   }
 
 
+def test_histories_hold_every_behaviour_type():
+  types = set(HISTORIES["typical"][features.HIST_BEHAVIOR_TYPES.name])
+  assert types == set(range(len(features.BEHAVIOR_TYPES)))
+
+
 @pytest.mark.parametrize("variant", config.VARIANTS)
 def test_rank_equals_the_model_called_once_per_candidate(variant, models):
   model = models[variant]
-  functions = {"table": serving_signatures.rank_function(
-      model, serving_signatures.signature_table(model))}
-  if variant == "eta":
-    functions["no_table"] = serving_signatures.rank_function(model, None)
+  functions = {"frozen": serving_rank(model)}
+  with model.xla_disabled():
+    functions["training_weights"] = serving_signatures.rank_function(model)
   spread = []
   for name, hist in HISTORIES.items():
     inputs = rank_inputs(hist)
@@ -155,9 +173,21 @@ def test_rank_equals_the_model_called_once_per_candidate(variant, models):
   assert max(spread) > 1e-2  # the candidates' scores really differ
 
 
+@pytest.mark.parametrize("variant", [v for v in config.VARIANTS if v != "din"])
+def test_behaviour_types_change_the_scores(variant, models):
+  """rank reads the types: the same history as all-pv scores differently."""
+  rank = serving_rank(models[variant])
+  hist = HISTORIES["typical"]
+  as_views = dict(hist, **{features.HIST_BEHAVIOR_TYPES.name: [0] * len(hist[
+      features.HIST_ITEM_IDS.name])})
+  assert not np.allclose(
+      call_rank(rank, rank_inputs(hist)), call_rank(rank, rank_inputs(as_views)), atol=1e-4
+  )
+
+
 def test_rank_single_candidate_and_no_candidates(models):
   model = models["eta"]
-  rank = serving_signatures.rank_function(model, serving_signatures.signature_table(model))
+  rank = serving_rank(model)
   inputs = rank_inputs(HISTORIES["typical"], items=[INT64_MAX], categories=[0])
   np.testing.assert_allclose(
       call_rank(rank, inputs), direct_probabilities(model, inputs), atol=1e-5
@@ -166,18 +196,58 @@ def test_rank_single_candidate_and_no_candidates(models):
   assert empty.shape == (0,)
 
 
-def test_rank_refuses_mismatched_lengths_with_a_clear_error(models):
-  rank = serving_signatures.rank_function(models["din"], None)
-  with pytest.raises(tf.errors.InvalidArgumentError, match="item_ids and category_ids"):
-    call_rank(rank, rank_inputs(HISTORIES["typical"], items=[1, 2], categories=[1]))
-  hist = dict(HISTORIES["typical"])
-  hist[features.HIST_TIMESTAMPS.name] = hist[features.HIST_TIMESTAMPS.name][:-1]
-  with pytest.raises(tf.errors.InvalidArgumentError, match="differ in length"):
-    call_rank(rank, rank_inputs(hist))
+def _with(hist, **changes):
+  return {**hist, **changes}
+
+
+_TYPICAL = HISTORIES["typical"]
+_TIMES = _TYPICAL[features.HIST_TIMESTAMPS.name]
+NONSENSE = {
+    "candidate lengths": (dict(items=[1, 2], categories=[1]),
+                          "category_ids and item_ids differ in length"),
+    "history lengths": (dict(hist=_with(_TYPICAL, hist_timestamps=_TIMES[:-1])),
+                        "hist_timestamps and hist_item_ids differ in length"),
+    "type lengths": (dict(hist=_with(_TYPICAL, hist_behavior_types=[0])),
+                     "hist_behavior_types and hist_item_ids differ in length"),
+    "future behaviour": (dict(hist=_with(_TYPICAL, hist_timestamps=_TIMES[:-1] + [T0])),
+                         "must be before request_timestamp"),
+    "not ascending": (dict(hist=_with(_TYPICAL, hist_timestamps=[_TIMES[1], _TIMES[0]]
+                                      + _TIMES[2:])),
+                      "hist_timestamps must be ascending"),
+    "negative history item": (
+        dict(hist=_with(_TYPICAL, hist_item_ids=[-5] + _TYPICAL["hist_item_ids"][1:])),
+        "hist_item_ids holds a negative id"),
+    "negative history category": (
+        dict(hist=_with(_TYPICAL, hist_category_ids=[-1] + _TYPICAL["hist_category_ids"][1:])),
+        "hist_category_ids holds a negative id"),
+    "negative candidate": (dict(items=[3, -7], categories=[1, 1]),
+                           "item_ids holds a negative id"),
+    "negative candidate category": (dict(items=[3, 7], categories=[1, -1]),
+                                    "category_ids holds a negative id"),
+    "unknown type": (dict(hist=_with(_TYPICAL, hist_behavior_types=[4] + _TYPICAL[
+        "hist_behavior_types"][1:])), "hist_behavior_types must be codes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NONSENSE))
+@pytest.mark.parametrize("variant", ["eta", "din"])
+def test_rank_refuses_nonsense_naming_the_input(case, variant, models):
+  rank = serving_rank(models[variant])
+  arguments, message = NONSENSE[case]
+  inputs = rank_inputs(arguments.get("hist", _TYPICAL), items=arguments.get("items"),
+                       categories=arguments.get("categories"))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    call_rank(rank, inputs)
+
+
+def test_same_second_behaviours_are_valid(models):
+  rank = serving_rank(models["eta"])
+  hist = _with(_TYPICAL, hist_timestamps=[_TIMES[0]] * 2 + _TIMES[2:])
+  assert np.isfinite(call_rank(rank, rank_inputs(hist))).all()
 
 
 def test_history_longer_than_max_seq_len_keeps_its_most_recent_part(models):
-  rank = serving_signatures.rank_function(models["full_attention"], None)
+  rank = serving_rank(models["full_attention"])
   long = HISTORIES["longer_than_max_seq_len"]
   recent = {name: values[-L:] for name, values in long.items()}
   np.testing.assert_allclose(
@@ -208,64 +278,51 @@ def numpy_simhash_words(embeddings: np.ndarray, projection: np.ndarray):
 @pytest.mark.parametrize("num_bits", [64, 128])
 def test_signature_table_is_simhash_of_every_item_embedding(num_bits):
   model = randomized_model(small_config("eta", num_bits=num_bits), seed=7)
-  table = serving_signatures.signature_table(model).numpy()
+  branch = model.long_branch
+  table = branch.signature_table().numpy()
   words = -(-num_bits // 64)
   assert table.shape == (features.ITEM_ID.buckets, words) and table.dtype == np.int64
   # The training path, row by row.
   slots = tf.range(features.ITEM_ID.buckets, dtype=tf.int64)
-  np.testing.assert_array_equal(model.item_signatures(slots).numpy(), table)
+  np.testing.assert_array_equal(branch.signatures(slots, slots).numpy(), table)
   # numpy, on a sample of rows (bits within 1e-4 of the hyperplane excluded).
   rows = np.random.default_rng(0).choice(features.ITEM_ID.buckets, 3000, replace=False)
-  embeddings = model.item_embedding.embeddings.numpy()[rows]
-  want, ambiguous = numpy_simhash_words(embeddings, model.simhash.projection.numpy())
+  embeddings = model.feature_embeddings.item_embedding.embeddings.numpy()[rows]
+  want, ambiguous = numpy_simhash_words(embeddings, branch.simhash.projection.numpy())
   unambiguous_rows = ~ambiguous.any(axis=1)
   assert unambiguous_rows.mean() > 0.9
   np.testing.assert_array_equal(table[rows][unambiguous_rows], want[unambiguous_rows])
 
 
-def test_serving_default_through_the_table_retrieves_the_same_and_scores_the_same(models):
+def test_serving_default_through_the_table_scores_like_training(models):
   model = models["eta"]
-  table = serving_signatures.signature_table(model)
   examples = []
   for seed in range(24):
     hist = history(int(np.random.default_rng(seed).integers(0, L + 10)), seed=100 + seed)
     inputs = rank_inputs(hist, items=[seed * 3 + 1], categories=[seed % NUM_CATEGORIES])
     examples += serialized_examples(inputs)
   transformed = input_lib.parse_and_transform(tf.constant(examples), L, include_label=False)
-  items = transformed[features.ITEM_ID.name]
-  hist_items = transformed[features.HIST_ITEM_IDS.name]
-  mask = model_lib.valid_mask(transformed["hist_length"], L)
-  # Training path: SimHash of the current embeddings.
-  trained = model.hamming_top_k(
-      model.item_signatures(items), model.item_signatures(hist_items), mask
-  )
-  looked_up = model.hamming_top_k(tf.gather(table, items), tf.gather(table, hist_items), mask)
-  np.testing.assert_array_equal(looked_up[0].numpy(), trained[0].numpy())
-  np.testing.assert_array_equal(looked_up[1].numpy(), trained[1].numpy())
   want = model(transformed, training=False).numpy()
-  got = serving_signatures.batch_logits(model, transformed, table).numpy()
+  with model.frozen_for_serving():
+    assert model.long_branch._table is not None
+    got = model(transformed, training=False).numpy()
+  assert model.long_branch._table is None
   np.testing.assert_allclose(tf.sigmoid(got), tf.sigmoid(want), atol=1e-5)
   assert want.std() > 1e-2
 
 
-def test_table_paths_read_no_projection_and_the_hashing_path_does(models):
+def test_frozen_rank_reads_no_projection_and_the_hashing_path_does(models):
   model = models["eta"]
-  with_table = serving_signatures.rank_function(model, serving_signatures.signature_table(model))
-  without = serving_signatures.rank_function(model, None)
-  projection = model.simhash.projection
+  with_table = serving_rank(model)
+  with model.xla_disabled():
+    without = serving_signatures.rank_function(model)
+  projection = model.long_branch.simhash.projection
 
   def reads_projection(function):
     return any(v is projection for v in function.variables)
 
   assert not reads_projection(with_table)
   assert reads_projection(without)
-
-
-def test_batch_logits_refuses_a_table_for_other_variants(models):
-  with pytest.raises(ValueError, match="eta only"):
-    serving_signatures.batch_logits(
-        models["din"], model_lib.dummy_inputs(L), tf.zeros([4, 1], tf.int64)
-    )
 
 
 # --- shared-history retrieval vs brute force --------------------------------
@@ -289,10 +346,12 @@ def brute_force_top_k(queries, keys, mask, k, prefer_recent):
   return np.array(indices)
 
 
-@pytest.mark.parametrize("words,prefer_recent", [(1, False), (2, False), (1, True)])
-def test_shared_hamming_top_k_matches_brute_force_and_the_layer(words, prefer_recent):
-  rng = np.random.default_rng(words)
-  length, n, k = 40, 7, 12
+@pytest.mark.parametrize("words,prefer_recent,k", [
+    (1, False, 12), (2, False, 12), (1, True, 12), (1, False, 1), (1, False, 40),
+])
+def test_shared_hamming_top_k_selects_the_brute_force_set(words, prefer_recent, k):
+  rng = np.random.default_rng(words + 10 * k)
+  length, n = 40, 7
   # Few distinct keys: many distance ties.
   pool = rng.integers(-(2**63), 2**63 - 1, (6, words), dtype=np.int64)
   keys = pool[rng.integers(0, len(pool), length)]
@@ -300,24 +359,24 @@ def test_shared_hamming_top_k_matches_brute_force_and_the_layer(words, prefer_re
                                                    dtype=np.int64)])
   mask = rng.random(length) < 0.7
   mask[:5] = False
-  indices, valid = serving_signatures.shared_hamming_top_k(
-      tf.constant(queries), tf.constant(keys), tf.constant(mask), k, prefer_recent
-  )
-  want = brute_force_top_k(queries, keys, mask, k, prefer_recent)
-  np.testing.assert_array_equal(indices.numpy(), want)
-  np.testing.assert_array_equal(valid.numpy(), mask[want])
   layer = retrieval.HammingTopK(k=k, prefer_recent=prefer_recent)
+  indices, valid = layer.shared(tf.constant(queries), tf.constant(keys), tf.constant(mask))
+  want = brute_force_top_k(queries, keys, mask, k, prefer_recent)
+  # The same set, listed in position order.
+  np.testing.assert_array_equal(indices.numpy(), np.sort(want, axis=1))
+  np.testing.assert_array_equal(valid.numpy(), mask[np.sort(want, axis=1)])
   layer_indices, _ = layer(
       tf.constant(queries), tf.constant(np.broadcast_to(keys, (n,) + keys.shape)),
       tf.constant(np.broadcast_to(mask, (n, length))),
   )
-  np.testing.assert_array_equal(indices.numpy(), layer_indices.numpy())
+  np.testing.assert_array_equal(indices.numpy(), np.sort(layer_indices.numpy(), axis=1))
 
 
 # --- the exported SavedModel, in a fresh interpreter -------------------------
 
 # Imports only TensorFlow; feeds the rank cases and the client's request
-# tensors (TensorProtos, as TF Serving receives them) to the loaded signatures.
+# tensors (TensorProtos, as TF Serving receives them) to the loaded signatures
+# of every exported variant.
 LOAD_AND_CALL = r"""
 import json, sys
 import numpy as np
@@ -325,44 +384,39 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 assert not any(m.split('.')[0] in ('trainer', 'preprocessing', 'serving')
                for m in sys.modules)
-export_dir, cases_path, out_path = sys.argv[1:]
-loaded = tf.saved_model.load(export_dir)
-rank = loaded.signatures['rank']
-serve = loaded.signatures['serving_default']
-cases = json.load(open(cases_path))
-out = {'rank': {}, 'examples': {}, 'proto_rank': {}, 'proto_examples': {}}
-for name, inputs in cases['rank'].items():
-  tensors = {k: tf.constant(np.array(v, np.int64)) for k, v in inputs.items()}
-  out['rank'][name] = rank(**tensors)['probabilities'].numpy().tolist()
-for name, hex_examples in cases['examples'].items():
-  examples = tf.constant([bytes.fromhex(e) for e in hex_examples])
-  out['examples'][name] = serve(examples=examples)['probabilities'].numpy().tolist()
-for key, signature in (('proto_rank', rank), ('proto_examples', serve)):
-  for name, protos in cases[key].items():
-    tensors = {k: tf.constant(tf.make_ndarray(tensor_pb2.TensorProto.FromString(
-        bytes.fromhex(p)))) for k, p in protos.items()}
-    out[key][name] = signature(**tensors)['probabilities'].numpy().tolist()
-out['variables'] = {
-    name: sorted(v.name for v in loaded.signatures[name].variables)
-    for name in ('rank', 'serving_default')}
-json.dump(out, open(out_path, 'w'))
+cases_path, out_path = sys.argv[1:]
+all_cases = json.load(open(cases_path))
+all_out = {}
+for variant, cases in all_cases.items():
+  loaded = tf.saved_model.load(cases['dir'])
+  rank = loaded.signatures['rank']
+  serve = loaded.signatures['serving_default']
+  out = {'rank': {}, 'examples': {}, 'proto_rank': {}, 'proto_examples': {}}
+  for name, inputs in cases['rank'].items():
+    tensors = {k: tf.constant(np.array(v, np.int64)) for k, v in inputs.items()}
+    out['rank'][name] = rank(**tensors)['probabilities'].numpy().tolist()
+  for name, hex_examples in cases['examples'].items():
+    examples = tf.constant([bytes.fromhex(e) for e in hex_examples])
+    out['examples'][name] = serve(examples=examples)['probabilities'].numpy().tolist()
+  for key, signature in (('proto_rank', rank), ('proto_examples', serve)):
+    for name, protos in cases.get(key, {}).items():
+      tensors = {k: tf.constant(tf.make_ndarray(tensor_pb2.TensorProto.FromString(
+          bytes.fromhex(p)))) for k, p in protos.items()}
+      out[key][name] = signature(**tensors)['probabilities'].numpy().tolist()
+  out['variables'] = {
+      name: sorted(v.name for v in loaded.signatures[name].variables)
+      for name in ('rank', 'serving_default')}
+  all_out[variant] = out
+json.dump(all_out, open(out_path, 'w'))
 """
 
 CLIENT_CASES = ("typical", "shorter_than_k", "empty", "exactly_max_seq_len")
 
 
-@pytest.fixture(scope="module")
-def exported(models, tmp_path_factory):
-  """eta (signature table) exported by export.export_standalone, then loaded."""
-  model = models["eta"]
-  export_dir = str(tmp_path_factory.mktemp("serving") / "eta")
-  export.export_standalone(model, export_dir, L)
-  cases = {"rank": {}, "examples": {}, "proto_rank": {}, "proto_examples": {}}
-  for name, hist in HISTORIES.items():
-    inputs = rank_inputs(hist)
-    cases["rank"][name] = {k: v.tolist() for k, v in inputs.items()}
-    cases["examples"][name] = [e.hex() for e in serialized_examples(inputs)]
+def client_cases(cases: dict) -> dict:
+  """The client's gRPC request tensors for the rank cases (eta)."""
   requests = {}
+  cases["proto_rank"], cases["proto_examples"] = {}, {}
   for name in CLIENT_CASES:
     inputs = rank_inputs(HISTORIES[name])
     request = client.RankRequest(
@@ -379,51 +433,76 @@ def exported(models, tmp_path_factory):
     cases["proto_examples"][name] = {
         k: v.SerializeToString().hex() for k, v in examples.inputs.items()
     }
-  directory = pathlib.Path(export_dir).parent
-  (directory / "cases.json").write_text(json.dumps(cases))
+  return requests
+
+
+@pytest.fixture(scope="module")
+def exported(models, tmp_path_factory):
+  """Every variant exported by export.export_standalone, then loaded in a
+  fresh TF-only interpreter (eta also fed the client's request tensors)."""
+  directory = tmp_path_factory.mktemp("serving")
+  all_cases, requests = {}, {}
+  for variant, model in models.items():
+    export_dir = str(directory / variant)
+    export.export_standalone(model, export_dir, L)
+    cases = {"dir": export_dir, "rank": {}, "examples": {}}
+    for name, hist in HISTORIES.items():
+      inputs = rank_inputs(hist)
+      cases["rank"][name] = {k: v.tolist() for k, v in inputs.items()}
+      cases["examples"][name] = [e.hex() for e in serialized_examples(inputs)]
+    if variant == "eta":
+      requests = client_cases(cases)
+    all_cases[variant] = cases
+  (directory / "cases.json").write_text(json.dumps(all_cases))
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+  eta_dir = all_cases["eta"]["dir"]
   cli = subprocess.Popen(
       [str(pathlib.Path(sys.executable).parent / "saved_model_cli"), "show", "--all",
-       "--dir", export_dir],
+       "--dir", eta_dir],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
       cwd=str(directory),
   )
   loaded = subprocess.run(
-      [sys.executable, "-c", LOAD_AND_CALL, export_dir, str(directory / "cases.json"),
+      [sys.executable, "-c", LOAD_AND_CALL, str(directory / "cases.json"),
        str(directory / "out.json")],
-      capture_output=True, text=True, timeout=300, env=env, cwd=str(directory),
+      capture_output=True, text=True, timeout=600, env=env, cwd=str(directory),
   )
   cli_out, cli_err = cli.communicate(timeout=300)
   assert loaded.returncode == 0, loaded.stderr[-3000:]
   assert cli.returncode == 0, cli_err[-3000:]
   return {
-      "model": model,
-      "dir": export_dir,
+      "models": models,
+      "dir": eta_dir,
       "out": json.loads((directory / "out.json").read_text()),
       "cli": cli_out,
       "requests": requests,
   }
 
 
-def test_loaded_signatures_equal_the_in_process_model(exported):
-  model = exported["model"]
+@pytest.mark.parametrize("variant", config.VARIANTS)
+def test_loaded_rank_equals_loaded_serving_default_and_the_model(variant, exported):
+  """Histories with pv, cart, fav and buy: rank (one history, N candidates)
+  equals serving_default on the N matching examples, in a TF-only process."""
+  model = exported["models"][variant]
+  out = exported["out"][variant]
   for name, hist in HISTORIES.items():
     want = direct_probabilities(model, rank_inputs(hist))
-    np.testing.assert_allclose(exported["out"]["rank"][name], want, atol=1e-5, err_msg=name)
-    np.testing.assert_allclose(exported["out"]["examples"][name], want, atol=1e-5,
+    np.testing.assert_allclose(out["rank"][name], out["examples"][name], atol=1e-5,
                                err_msg=name)
+    np.testing.assert_allclose(out["rank"][name], want, atol=1e-5, err_msg=name)
 
 
 def test_client_request_tensors_score_like_the_direct_call(exported):
-  model = exported["model"]
+  model = exported["models"]["eta"]
+  out = exported["out"]["eta"]
   for name in CLIENT_CASES:
     want = direct_probabilities(model, rank_inputs(HISTORIES[name]))
-    np.testing.assert_allclose(exported["out"]["proto_rank"][name], want, atol=1e-5)
-    np.testing.assert_allclose(exported["out"]["proto_examples"][name], want, atol=1e-5)
+    np.testing.assert_allclose(out["proto_rank"][name], want, atol=1e-5)
+    np.testing.assert_allclose(out["proto_examples"][name], want, atol=1e-5)
 
 
 def test_exported_eta_reads_the_table_not_the_projection(exported):
-  for signature, names in exported["out"]["variables"].items():
+  for signature, names in exported["out"]["eta"]["variables"].items():
     assert names, signature
     assert not any("simhash" in name for name in names), (signature, names)
   graph = (pathlib.Path(exported["dir"]) / "saved_model.pb").read_bytes()
@@ -455,6 +534,7 @@ def test_saved_model_cli_lists_both_signatures_as_documented(exported):
       features.HIST_ITEM_IDS.name: ("DT_INT64", "(-1)"),
       features.HIST_CATEGORY_IDS.name: ("DT_INT64", "(-1)"),
       features.HIST_TIMESTAMPS.name: ("DT_INT64", "(-1)"),
+      features.HIST_BEHAVIOR_TYPES.name: ("DT_INT64", "(-1)"),
       features.RANK_ITEM_IDS_KEY: ("DT_INT64", "(-1)"),
       features.RANK_CATEGORY_IDS_KEY: ("DT_INT64", "(-1)"),
       features.RANK_REQUEST_TIMESTAMP_KEY: ("DT_INT64", "()"),
@@ -489,6 +569,6 @@ def test_bad_requests_are_stopped_by_the_client(overrides, message):
 def test_unknown_and_huge_ids_pass_the_client_and_get_scores(exported):
   request = exported["requests"]["typical"]
   assert INT64_MAX in request.item_ids and 123456789 in request.item_ids
-  scores = np.array(exported["out"]["proto_rank"]["typical"])
+  scores = np.array(exported["out"]["eta"]["proto_rank"]["typical"])
   assert scores.shape == (len(CANDIDATE_ITEMS),) and np.isfinite(scores).all()
   assert ((scores > 0) & (scores < 1)).all()

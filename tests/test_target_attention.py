@@ -119,6 +119,23 @@ def test_shared_history_for_n_candidates_equals_one_at_a_time():
     )
 
 
+def test_gathered_keys_equal_attention_over_the_gathered_rows():
+  """`gathered` (serving: distinct keys projected once) equals `call` on the
+  keys each query would see."""
+  rng = np.random.default_rng(5)
+  table = rng.standard_normal((9, 6)).astype(np.float32)
+  query = rng.standard_normal((4, 5)).astype(np.float32)
+  slots = rng.integers(0, 9, (4, 3)).astype(np.int32)
+  valid = rng.random((4, 3)) < 0.7
+  valid[0] = False
+  layer = ta.MultiHeadTargetAttention(num_heads=2, head_dim=4, output_dim=3)
+  want = layer(query, table[slots], valid).numpy()
+  np.testing.assert_allclose(
+      layer.gathered(query, table, slots, valid).numpy(), want, rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_array_equal(want[0], 0.0)
+
+
 def test_plain_function_equals_numpy_on_given_heads():
   rng = np.random.default_rng(5)
   q = rng.standard_normal((3, 2, 4)).astype(np.float32)

@@ -10,10 +10,11 @@ Two flavours, the same model:
     `transform_features` signature TFMA uses.
 Both give `serving_default`: examples (string [B]) -> {"probabilities":
 float32 [B]}, and `rank` (one user's history, N candidates -> float32 [N];
-see `trainer.serving_signatures`). For eta both read SimHash signatures from
-the signature table stored at export instead of hashing. The model is
-exported with XLA off (TF Serving disables XLA JIT by default) and the
-SavedModel needs none of our Python code to load.
+see `trainer.serving_signatures`). Both are the model's own paths, traced
+inside `model.frozen_for_serving()` (eta reads SimHash signatures from the
+signature table stored at export instead of hashing) and `xla_disabled()`
+(TF Serving disables XLA JIT by default). The SavedModel needs none of our
+Python code to load.
 """
 
 from __future__ import annotations
@@ -37,17 +38,14 @@ def _examples_spec() -> tf.TensorSpec:
 
 def standalone_signatures(model: Any, max_seq_len: int) -> dict[str, Any]:
   """serving_default over raw serialized examples, transform inside; rank."""
-  table = serving_signatures.signature_table(model)
-
   @tf.function(input_signature=[_examples_spec()], autograph=False)
   def serve(examples):
     transformed = input_lib.parse_and_transform(examples, max_seq_len, include_label=False)
-    logits = serving_signatures.batch_logits(model, transformed, table)
-    return {PROBABILITIES: tf.sigmoid(logits)}
+    return {PROBABILITIES: tf.sigmoid(model(transformed, training=False))}
 
   return {
       features.SERVING_DEFAULT_SIGNATURE: serve.get_concrete_function(),
-      features.RANK_SIGNATURE: serving_signatures.rank_function(model, table),
+      features.RANK_SIGNATURE: serving_signatures.rank_function(model),
   }
 
 
@@ -58,7 +56,6 @@ def transform_signatures(model: Any, tf_transform_output: Any) -> dict[str, Any]
   function plus slicing keys (no analyzers), so the features are the same.
   """
   model.tft_layer = tf_transform_output.transform_features_layer()
-  table = serving_signatures.signature_table(model)
   raw_spec = tf_transform_output.raw_feature_spec()
   serving_spec = {k: v for k, v in raw_spec.items() if k != features.LABEL_KEY}
 
@@ -66,8 +63,7 @@ def transform_signatures(model: Any, tf_transform_output: Any) -> dict[str, Any]
   def serve(examples):
     raw = tf.io.parse_example(examples, serving_spec)
     transformed = model.tft_layer(raw)
-    logits = serving_signatures.batch_logits(model, transformed, table)
-    return {PROBABILITIES: tf.sigmoid(logits)}
+    return {PROBABILITIES: tf.sigmoid(model(transformed, training=False))}
 
   @tf.function(input_signature=[_examples_spec()], autograph=False)
   def transform_features(examples):
@@ -77,13 +73,13 @@ def transform_signatures(model: Any, tf_transform_output: Any) -> dict[str, Any]
   return {
       features.SERVING_DEFAULT_SIGNATURE: serve.get_concrete_function(),
       TRANSFORM_FEATURES_SIGNATURE: transform_features.get_concrete_function(),
-      features.RANK_SIGNATURE: serving_signatures.rank_function(model, table),
+      features.RANK_SIGNATURE: serving_signatures.rank_function(model),
   }
 
 
 def export_standalone(model: Any, export_dir: str, max_seq_len: int) -> None:
   """Writes the standalone trainer's SavedModel (raw examples in)."""
-  with model.xla_disabled():
+  with model.xla_disabled(), model.frozen_for_serving():
     tf.saved_model.save(
         model, export_dir, signatures=standalone_signatures(model, max_seq_len)
     )
@@ -91,7 +87,7 @@ def export_standalone(model: Any, export_dir: str, max_seq_len: int) -> None:
 
 def export_with_transform(model: Any, export_dir: str, tf_transform_output: Any) -> None:
   """Writes the TFX Trainer's SavedModel (Transform layer inside)."""
-  with model.xla_disabled():
+  with model.xla_disabled(), model.frozen_for_serving():
     tf.saved_model.save(
         model, export_dir, signatures=transform_signatures(model, tf_transform_output)
     )

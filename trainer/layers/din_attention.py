@@ -86,31 +86,79 @@ class DinAttention(tf.keras.layers.Layer):
     self.score_layer.build([None, None, width])
     super().build(input_shape)
 
-  def call(self, query, keys, mask):
-    query = tf.convert_to_tensor(query)
-    keys = tf.convert_to_tensor(keys)
-    mask = tf.convert_to_tensor(mask)
+  def _pair_scores(self, query: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
+    """query [B, N, D] x keys [B, L, D] -> activation-unit scores [B, N, L].
+
+    The first layer's input [q, k, q - k, q * k] is linear in q and k except
+    for q * k, so its kernel is applied in parts: q (Wq + Wd) once per
+    candidate, k (Wk - Wd) once per behaviour, and only (q * k) Wp per pair.
+    Equal to the concatenated form; with N candidates sharing one history
+    the behaviour half is computed once instead of N times.
+    """
+    width = query.shape[-1]
+    hidden_layers = list(self.hidden_layers) + [self.score_layer]
+    first = hidden_layers[0]
+    w_query, w_key, w_difference, w_product = tf.split(first.kernel, 4, axis=0)
+    from_query = tf.matmul(query, w_query + w_difference)  # [B, N, h]
+    from_key = tf.matmul(keys, w_key - w_difference)  # [B, L, h]
+    products = query[:, :, tf.newaxis, :] * keys[:, tf.newaxis]  # [B, N, L, D]
+    hidden = (
+        tf.reshape(
+            tf.matmul(tf.reshape(products, [-1, width]), w_product),
+            tf.concat([tf.shape(products)[:-1], [-1]], 0),
+        )
+        + from_query[:, :, tf.newaxis]
+        + from_key[:, tf.newaxis]
+        + first.bias
+    )
+    hidden = first.activation(hidden)
+    for dense in hidden_layers[1:]:
+      hidden = dense(hidden)
+    return hidden[..., 0]
+
+  def _check(self, query, keys, mask, query_rank, keys_rank):
     if mask.dtype != tf.bool:
       raise ValueError(f"mask must be bool, got {mask.dtype.name}.")
-    if keys.shape.rank != 3 or mask.shape.rank != 2:
+    if (query.shape.rank != query_rank or keys.shape.rank != keys_rank
+        or mask.shape.rank != keys_rank - 1):
       raise ValueError(
-          f"keys must be [B, L, D] and mask [B, L]; got {keys.shape} and "
-          f"{mask.shape}."
+          f"expected query of rank {query_rank}, keys of rank {keys_rank} "
+          f"and mask of rank {keys_rank - 1}; got {query.shape}, {keys.shape} "
+          f"and {mask.shape}."
       )
     if keys.shape[-1] != query.shape[-1]:
       raise ValueError(
           f"query and keys need the same width D, got {query.shape[-1]} and "
           f"{keys.shape[-1]}."
       )
-    tiled_query = tf.broadcast_to(query[:, tf.newaxis, :], tf.shape(keys))
-    hidden = tf.concat(
-        [tiled_query, keys, tiled_query - keys, tiled_query * keys], axis=-1
-    )
-    for dense in self.hidden_layers:
-      hidden = dense(hidden)
-    scores = self.score_layer(hidden)  # [B, L, 1]
-    scores *= tf.cast(mask, scores.dtype)[:, :, tf.newaxis]
-    return tf.reduce_sum(scores * keys, axis=1)
+
+  def call(self, query, keys, mask):
+    query = tf.convert_to_tensor(query)
+    keys = tf.convert_to_tensor(keys)
+    mask = tf.convert_to_tensor(mask)
+    self._check(query, keys, mask, query_rank=2, keys_rank=3)
+    scores = self._pair_scores(query[:, tf.newaxis], keys)[:, 0]  # [B, L]
+    scores *= tf.cast(mask, scores.dtype)
+    return tf.reduce_sum(scores[:, :, tf.newaxis] * keys, axis=1)
+
+  def shared(self, query, keys, mask):
+    """N candidates over ONE history (serving's `rank`).
+
+    Args:
+      query: float [N, D]; keys: float [T, D]; mask: bool [T].
+
+    Returns:
+      float [N, D], row n equal to `call` on (query[n], keys, mask).
+    """
+    query = tf.convert_to_tensor(query)
+    keys = tf.convert_to_tensor(keys)
+    mask = tf.convert_to_tensor(mask)
+    self._check(query, keys, mask, query_rank=2, keys_rank=2)
+    if not self.built:
+      self.build(query.shape)
+    scores = self._pair_scores(query[tf.newaxis], keys[tf.newaxis])[0]  # [N, T]
+    scores *= tf.cast(mask, scores.dtype)[tf.newaxis]
+    return tf.matmul(scores, keys)
 
   def compute_output_shape(self, input_shape):
     return tf.TensorShape(input_shape)

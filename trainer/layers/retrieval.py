@@ -126,7 +126,101 @@ class HammingTopK(tf.keras.layers.Layer):
     valid = tf.gather(mask, indices, batch_dims=1)
     return indices, valid
 
+  def shared(self, query_signatures, key_signatures, mask):
+    """The same selection for N queries over ONE shared history (serving).
+
+    Returns the same SET of k positions per query as `call` (equal
+    distance ties broken the same way), found by counting instead of
+    sorting: Hamming distances are integers 0..m, so a per-query histogram
+    of distances gives the distance threshold at which the k-th nearest
+    sits, and one pass keeps everything below it plus the first (or, with
+    prefer_recent, last) positions at it. No top_k over N x T, which
+    dominated serving time (bench/results/serving.md). Attention downstream
+    is order-invariant, so the set is what matters.
+
+    Args:
+      query_signatures: int64 [N, W].
+      key_signatures: int64 [T, W] (T may be dynamic, T >= k).
+      mask: bool [T], True at real behaviours.
+
+    Returns:
+      indices: int32 [N, k] positions into T, in increasing position order.
+      valid: bool [N, k], False at padding slots.
+    """
+    query_signatures = tf.convert_to_tensor(query_signatures)
+    key_signatures = tf.convert_to_tensor(key_signatures)
+    mask = tf.convert_to_tensor(mask)
+    if (query_signatures.shape.rank != 2 or key_signatures.shape.rank != 2
+        or mask.shape.rank != 1 or mask.dtype != tf.bool):
+      raise ValueError(
+          "HammingTopK.shared expects query_signatures [N, W], key_signatures "
+          f"[T, W] and a bool mask [T]; got {query_signatures.shape}, "
+          f"{key_signatures.shape}, {mask.dtype.name} {mask.shape}."
+      )
+    words = key_signatures.shape[-1]
+    if words is None or query_signatures.shape[-1] != words:
+      raise ValueError(
+          "query and key signatures need the same static word count, got "
+          f"{query_signatures.shape[-1]} and {words}."
+      )
+    distance = simhash.hamming_distance(
+        query_signatures[:, tf.newaxis, :], key_signatures[tf.newaxis]
+    )  # int32 [N, T]
+    return select_nearest_by_count(
+        distance, mask, self.k, simhash.BITS_PER_WORD * words, self.prefer_recent
+    )
+
   def get_config(self):
     config = super().get_config()
     config.update({"k": self.k, "prefer_recent": self.prefer_recent})
     return config
+
+
+def select_nearest_by_count(
+    distance: tf.Tensor,
+    mask: tf.Tensor,
+    k: int,
+    max_distance: int,
+    prefer_recent: bool = False,
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """The k smallest integer distances per row, by a histogram, not a sort.
+
+  Order of preference: smaller distance; at equal distance the lower
+  position (or the higher with prefer_recent); padding (mask False) after
+  every real position, as in `HammingTopK.call`.
+
+  Args:
+    distance: int32 [N, T], values in [0, max_distance]; T >= k.
+    mask: bool [T] (shared by the rows) or [N, T].
+    k: positions to keep per row.
+    max_distance: the largest possible distance (m bits).
+    prefer_recent: the tie order.
+
+  Returns:
+    (indices int32 [N, k] in increasing position order, valid bool [N, k]).
+  """
+  mask = tf.broadcast_to(mask, tf.shape(distance))
+  # Padding sits in its own bin above every real distance.
+  distance = tf.where(mask, distance, max_distance + 1)
+  rows = tf.shape(distance)[0]
+  bins = max_distance + 2
+  offsets = tf.range(rows, dtype=tf.int32)[:, tf.newaxis] * bins
+  counts = tf.reshape(
+      tf.math.bincount(
+          tf.reshape(distance + offsets, [-1]),
+          minlength=rows * bins, maxlength=rows * bins,
+      ),
+      [rows, bins],
+  )
+  at_most = tf.cumsum(counts, axis=1)  # [N, bins]: positions with d <= j
+  # The k-th nearest sits at the smallest distance j with at_most[j] >= k.
+  threshold = tf.reduce_sum(tf.cast(at_most < k, tf.int32), axis=1)
+  below = tf.gather(at_most - counts, threshold, batch_dims=1)
+  quota = (k - below)[:, tf.newaxis]
+  threshold = threshold[:, tf.newaxis]
+  at_threshold = tf.cast(tf.equal(distance, threshold), tf.int32)
+  tie_rank = tf.cumsum(at_threshold, axis=1, reverse=prefer_recent)
+  selected = (distance < threshold) | ((at_threshold > 0) & (tie_rank <= quota))
+  # Exactly k per row (T >= k), listed row by row in position order.
+  indices = tf.reshape(tf.cast(tf.where(selected)[:, 1], tf.int32), [rows, k])
+  return indices, tf.gather(mask, indices, batch_dims=1)

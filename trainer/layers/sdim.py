@@ -29,7 +29,8 @@ class SdimAggregation(tf.keras.layers.Layer):
     **kwargs: standard Layer arguments.
 
   Call arguments:
-    query: float [B, D], the candidate's embedding.
+    query: float [B, D], the candidate's embedding, or [B, N, D] for N
+      candidates sharing the row's history (serving's `rank`).
     keys: float [B, L, D], the behaviours' embeddings; also what is summed.
     mask: bool [B, L], True at real behaviours.
     query_signatures: optional int64 [B, W], packed signatures of `query`
@@ -38,7 +39,7 @@ class SdimAggregation(tf.keras.layers.Layer):
       hashed once per distinct item and gathered).
 
   Output shape:
-    float [B, D]: mean over the m / tau signatures of the l2-normalised sum of
+    float [B, D] (or [B, N, D]): mean over the m / tau signatures of the l2-normalised sum of
     the real behaviours sharing the candidate's signature (a signature with no
     such behaviour contributes zeros).
 
@@ -67,19 +68,29 @@ class SdimAggregation(tf.keras.layers.Layer):
 
   def build(self, input_shape):
     query_shape = tf.TensorShape(input_shape)
-    if query_shape.rank != 2 or query_shape[-1] is None:
+    if query_shape.rank not in (2, 3) or query_shape[-1] is None:
       raise ValueError(
-          f"query must be [B, D] with a static D, got {query_shape}."
+          f"query must be [B, D] or [B, N, D] with a static D, got {query_shape}."
       )
     self.simhash.build(query_shape)
     super().build(input_shape)
 
-  def _signature_bits(self, words: tf.Tensor) -> tf.Tensor:
-    """int64 [..., W] -> bool [..., m / tau, tau]."""
+  def signature_codes(self, words: tf.Tensor) -> tf.Tensor:
+    """int64 [..., W] packed signatures -> int64 [..., m / tau] codes.
+
+    Each tau-bit signature becomes one integer (equal codes = equal bits),
+    so a bucket match is one comparison instead of tau.
+    """
     bits = simhash.unpack_bits(words, self.num_bits)
-    return tf.reshape(
+    grouped = tf.reshape(
         bits,
         tf.concat([tf.shape(bits)[:-1], [self.num_signatures, self.tau]], 0),
+    )
+    place_values = tf.bitwise.left_shift(
+        tf.constant(1, tf.int64), tf.range(self.tau, dtype=tf.int64)
+    )
+    return tf.reduce_sum(
+        tf.where(grouped, place_values, tf.zeros_like(place_values)), axis=-1
     )
 
   def call(
@@ -95,31 +106,37 @@ class SdimAggregation(tf.keras.layers.Layer):
     mask = tf.convert_to_tensor(mask)
     if mask.dtype != tf.bool:
       raise ValueError(f"mask must be bool, got {mask.dtype.name}.")
-    if keys.shape.rank != 3 or mask.shape.rank != 2:
+    if keys.shape.rank != 3 or mask.shape.rank != 2 or query.shape.rank not in (2, 3):
       raise ValueError(
-          f"keys must be [B, L, D] and mask [B, L]; got {keys.shape} and "
-          f"{mask.shape}."
+          f"query must be [B, D] or [B, N, D], keys [B, L, D] and mask [B, L]; "
+          f"got {query.shape}, {keys.shape} and {mask.shape}."
       )
     if keys.shape[-1] != query.shape[-1]:
       raise ValueError(
           f"query and keys need the same width D, got {query.shape[-1]} and "
           f"{keys.shape[-1]}."
       )
+    single_candidate = query.shape.rank == 2
     if query_signatures is None:
       query_signatures = self.simhash(query)
     if key_signatures is None:
       key_signatures = self.simhash(keys)
-    query_bits = self._signature_bits(query_signatures)  # [B, G, tau]
-    key_bits = self._signature_bits(key_signatures)  # [B, L, G, tau]
-    same_bucket = tf.reduce_all(
-        tf.equal(query_bits[:, tf.newaxis], key_bits), axis=-1
-    )  # [B, L, G]
-    same_bucket = tf.logical_and(same_bucket, mask[:, :, tf.newaxis])
-    selection = tf.transpose(tf.cast(same_bucket, keys.dtype), [0, 2, 1])
-    bucket_sums = tf.matmul(selection, keys)  # [B, G, D]
+    query_codes = self.signature_codes(query_signatures)  # [B, (N,) G]
+    if single_candidate:
+      query_codes = query_codes[:, tf.newaxis]
+    key_codes = self.signature_codes(key_signatures)  # [B, L, G]
+    same_bucket = tf.equal(
+        query_codes[:, :, tf.newaxis, :], key_codes[:, tf.newaxis]
+    )  # [B, N, L, G]
+    same_bucket = tf.logical_and(same_bucket, mask[:, tf.newaxis, :, tf.newaxis])
+    # One contraction: the behaviours are never copied per candidate.
+    bucket_sums = tf.einsum(
+        "bnlg,bld->bngd", tf.cast(same_bucket, keys.dtype), keys
+    )
     # l2_normalize divides by max(norm, 1e-6): an empty bucket stays zero.
     normalised = tf.math.l2_normalize(bucket_sums, axis=-1, epsilon=1e-12)
-    return tf.reduce_mean(normalised, axis=1)
+    output = tf.reduce_mean(normalised, axis=2)  # [B, N, D]
+    return output[:, 0] if single_candidate else output
 
   def compute_output_shape(self, input_shape):
     return tf.TensorShape(input_shape)

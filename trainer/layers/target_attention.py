@@ -214,6 +214,35 @@ class MultiHeadTargetAttention(tf.keras.layers.Layer):
       output = self.output_projection(output)
     return output[:, 0] if single_candidate else output
 
+  def gathered(self, query, keys, slots, valid):
+    """Each query attends over its own rows of one shared key table (inference).
+
+    Serving's retrieval-based `rank`: the N candidates retrieved k
+    behaviours each from one history; the distinct retrieved behaviours'
+    keys are projected ONCE here and gathered per candidate, instead of
+    projecting N * k keys.
+
+    Args:
+      query: float [N, Dq].
+      keys: float [U, Dk], the distinct behaviours' keys.
+      slots: int32 [N, k], rows of `keys` each query attends over.
+      valid: bool [N, k].
+
+    Returns:
+      float [N, output width], equal to `call` on the gathered keys.
+    """
+    query = tf.convert_to_tensor(query)
+    shape = tf.concat([tf.shape(slots), [self.num_heads, self.head_dim]], 0)
+    heads_keys = tf.reshape(tf.gather(self.key_projection(keys), slots), shape)
+    heads_values = tf.reshape(tf.gather(self.value_projection(keys), slots), shape)
+    heads_query = self._split_heads(self.query_projection(query))[:, tf.newaxis]
+    weights = attention_weights(heads_query, heads_keys, valid)
+    heads = weighted_values(weights, heads_values)  # [N, 1, H, dh]
+    output = tf.reshape(heads, [-1, self.num_heads * self.head_dim])
+    if self.output_projection is not None:
+      output = self.output_projection(output)
+    return output
+
   def compute_output_shape(self, input_shape):
     width = self.output_dim or self.num_heads * self.head_dim
     return tf.TensorShape(input_shape)[:-1].concatenate([width])
