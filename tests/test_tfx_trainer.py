@@ -1,5 +1,6 @@
 """run_fn with a real FnArgs on Transform output made by tft_beam."""
 
+import json
 import os
 import pathlib
 
@@ -11,6 +12,7 @@ from preprocessing import features
 from trainer import config
 from trainer import toy_data
 from trainer import tfx_trainer
+from trainer import training
 
 L = 64
 
@@ -99,7 +101,7 @@ def transformed_data(tmp_path_factory):
   examples_utils.set_payload_format(artifact, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
   return {
       "root": root, "artifact": artifact, "transform_dir": transform_dir,
-      "raw_eval": splits["eval"], "eval_rows": eval_rows,
+      "raw_eval": splits["eval"], "eval_rows": eval_rows, "raw_train": splits["train"],
   }
 
 
@@ -149,6 +151,20 @@ def serve(export_dir, raw_examples):
 def test_run_fn_trains_exports_and_warm_starts(transformed_data):
   first = run_trainer(transformed_data, "first", learning_rate=1e-2)
   assert list(pathlib.Path(first.model_run_dir).rglob("events.out.tfevents.*"))  # TensorBoard
+  # Early stopping validated on the newest day of the TRAIN split, through
+  # the timestamp Transform passes through.
+  summary = json.loads((pathlib.Path(first.model_run_dir) / "metrics.json").read_text())
+  validation = summary["validation"]
+  days = sorted({e["timestamp"] // 86_400 for e in transformed_data["raw_train"]})
+  assert len(days) >= 2
+  assert validation["validation_examples"] == sum(
+      e["timestamp"] // 86_400 == days[-1] for e in transformed_data["raw_train"])
+  losses = [h["logloss"] for h in validation["history"]]
+  assert validation["best_epoch"] == int(np.argmin(losses))
+  assert summary["train_steps_total"] == 16
+  # The same working dir with other settings: refused in one line.
+  with pytest.raises(training.TrainingError, match="differs in learning_rate"):
+    run_trainer(transformed_data, "first", learning_rate=1e-3)
   loaded, probabilities = serve(first.serving_model_dir, transformed_data["raw_eval"])
   assert probabilities.shape == (len(transformed_data["raw_eval"]),)
   assert np.all((probabilities > 0) & (probabilities < 1)) and probabilities.std() > 0
