@@ -18,8 +18,11 @@ counters (namespace ``eta_ingestion``) for monitoring.
 
 Files. Input globs are expanded in the driver with Beam's `FileSystems` (a
 pattern matching no file is an error, not an empty input), so local paths,
-gs://, s3:// (apache-beam[aws]) and hdfs:// all work; gzip is detected from
-the `.gz` suffix. TensorFlow reads the TFRecords later: for s3:// or hdfs://
+gs://, s3:// (apache-beam[aws]) and hdfs:// all work. CSV files are read
+whole by one task each (`_ReadWholeFiles`): `.gz` and `.bz2` are decompressed
+to their end before any line is used, so a truncated or corrupt file is one
+``corrupt_file`` dead letter (and `run` fails naming it), never a partial
+read; lines end in \n, \r\n or \r. TensorFlow reads the TFRecords later: for s3:// or hdfs://
 call `register_tf_filesystems` (imports tensorflow_io) first.
 """
 
@@ -913,6 +916,7 @@ def run(
     allow_empty_split: accept a job that built no train or no eval examples.
 
   Raises:
+    NoMatchError: an input pattern matches no file (checked first).
     OutputDirError: see `prepare_output_dir`.
     CorruptFileError: an input file could not be read whole (its rows are
       not used; the job's output is discarded).
