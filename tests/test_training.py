@@ -41,20 +41,24 @@ def test_warm_start_loads_matching_layers_by_name_only(tmp_path):
   export_dir = str(tmp_path / "din")
   export.export_standalone(source, export_dir, L)
   target = model_lib.build_model(small("eta", seed=2))
-  fresh_attention = [w.numpy() for w in target.long_attention.weights]
+  fresh_attention = [w.numpy() for w in target.long_branch.attention.weights]
   fresh_mlp = target.mlp_layers[0].kernel.numpy()
 
   loaded = training.warm_start(target, export_dir)
 
-  assert {"item_embedding", "category_embedding", "short_attention", "logit_layer"} <= set(loaded)
-  # eta's own layers, and the MLP whose input width differs, stay fresh.
-  assert not {"long_attention", "simhash", "mlp_layers", "time_gap_embedding"} & set(loaded)
-  np.testing.assert_array_equal(
-      target.item_embedding.embeddings.numpy(), source.item_embedding.embeddings.numpy()
-  )
+  assert {"feature_embeddings.item_embedding", "feature_embeddings.category_embedding",
+          "short_attention", "logit_layer"} <= set(loaded)
+  # eta's long branch (din has none), the side embeddings din never built,
+  # and the MLP whose input width differs, stay fresh.
+  assert not {"long_branch", "mlp_layers", "feature_embeddings",
+              "feature_embeddings.time_gap_embedding"} & set(loaded)
+  for table in ("item_embedding", "category_embedding"):
+    np.testing.assert_array_equal(
+        getattr(target.feature_embeddings, table).embeddings.numpy(),
+        getattr(source.feature_embeddings, table).embeddings.numpy())
   for src, dst in zip(source.short_attention.weights, target.short_attention.weights):
     np.testing.assert_array_equal(src.numpy(), dst.numpy())
-  for before, after in zip(fresh_attention, target.long_attention.weights):
+  for before, after in zip(fresh_attention, target.long_branch.attention.weights):
     np.testing.assert_array_equal(before, after.numpy())
   np.testing.assert_array_equal(fresh_mlp, target.mlp_layers[0].kernel.numpy())
 

@@ -208,42 +208,68 @@ def warm_start(model: Any, saved_model_dir: str) -> list[str]:
   """Loads, layer by layer and by name, the weights a previous export holds.
 
   The exported SavedModel's checkpoint holds the model's object graph, in
-  which each layer is the root's child named by its attribute
-  (`item_embedding`, `long_attention`, ...); restoring a checkpoint rooted
-  at {name: layer} matches through that graph. Layers missing there or of
-  another shape (a changed variant or size) keep their fresh weights; the
-  optimizer state is never loaded.
+  which each layer is its parent's child named by its attribute
+  (`feature_embeddings`, `long_branch`, ...); restoring a checkpoint rooted
+  at {name: layer} matches through that graph. A layer that does not match
+  whole (missing there, another shape, or sub-layers the old model never
+  built) is put back as it was and its sub-layers are tried one by one, so
+  e.g. the item embedding of a din export still warm-starts an eta model.
+  What matches nowhere keeps its fresh weights; the optimizer state is never
+  loaded.
 
   Returns:
-    names of the layers that were loaded.
+    dotted names of the layers that were loaded (`feature_embeddings`,
+    `feature_embeddings.item_embedding`, ...).
   """
   checkpoint_path = os.path.join(saved_model_dir, "variables", "variables")
-  loaded = []
-  for name, layer in _named_layers(model):
+  loaded: list[str] = []
+  loaded_layers: set[int] = set()  # a layer shared by two parents loads once
+
+  def nested(path: list[str], layer: Any) -> tf.train.Checkpoint:
+    root: Any = layer
+    for name in reversed(path[1:]):
+      root = tf.train.Checkpoint(**{name: root})
+    return tf.train.Checkpoint(**{path[0]: root})
+
+  def load(path: list[str], layer: Any) -> None:
+    if id(layer) in loaded_layers:
+      return
+    before = [w.numpy() for w in layer.weights]
     try:
-      status = tf.train.Checkpoint(**{name: layer}).read(checkpoint_path)
+      status = nested(path, layer).read(checkpoint_path)
       status.expect_partial()
       status.assert_existing_objects_matched()
+      loaded.append(".".join(path))
+      loaded_layers.add(id(layer))
+      return
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
-      logging.warning(
-          "warm start: %s left fresh (%s)", name, str(error).splitlines()[0][:200]
-      )
-      continue
-    loaded.append(name)
+      # A failed read may have restored part of the layer: undo it.
+      for weight, value in zip(layer.weights, before):
+        weight.assign(value)
+      children = _named_layers(layer) if isinstance(layer, tf.keras.layers.Layer) else []
+      if not children:
+        logging.warning("warm start: %s left fresh (%s)", ".".join(path),
+                        str(error).splitlines()[0][:200])
+    for name, child in children:
+      load(path + [name], child)
+
+  for name, layer in _named_layers(model):
+    load([name], layer)
   logging.info("warm start from %s: loaded %s", saved_model_dir, loaded)
   return loaded
 
 
-def _named_layers(model: Any) -> list[tuple[str, Any]]:
-  """(attribute name, layer) for every weight-holding attribute of the model."""
+def _named_layers(layer: Any) -> list[tuple[str, Any]]:
+  """(attribute name, layer) for every weight-holding sub-layer attribute."""
   named = []
-  for name, value in vars(model).items():
-    if name.startswith("_") or not isinstance(value, tf.keras.layers.Layer):
+  for name, value in vars(layer).items():
+    if name.startswith("_") or value is getattr(layer, "task", None):
       continue
-    if value.weights and value is not model.task:
+    if isinstance(value, tf.keras.layers.Layer) and value.weights:
       named.append((name, value))
-  if model.mlp_layers:
-    named.append(("mlp_layers", model.mlp_layers))
+    elif (isinstance(value, (list, tuple)) and value
+          and all(isinstance(v, tf.keras.layers.Layer) for v in value)):
+      named.append((name, value))  # e.g. mlp_layers, one list in the graph
   return named
 
 
