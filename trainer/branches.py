@@ -660,7 +660,8 @@ def build_branch(
   attention = dict(num_heads=c.num_heads, head_dim=c.head_dim, dropout=c.dropout)
   cls = globals()[spec.branch]
   if cls is EtaBranch:
-    return cls(num_bits=c.num_bits, seed=c.seed, top_k=c.top_k, **attention, **common)
+    return cls(num_bits=c.num_bits, seed=c.seed, prefer_recent=c.prefer_recent,
+               top_k=c.top_k, **attention, **common)
   if issubclass(cls, _SelectingBranch):
     return cls(top_k=c.top_k, **attention, **common)
   if cls is FullAttentionBranch:

@@ -113,9 +113,14 @@ class ModelConfig:
       embeddings appended to each behaviour's key.
     top_k: behaviours retrieved by eta, exact_topk and sim_hard (<= max_seq_len).
     num_bits: SimHash signature bits for eta.
+    prefer_recent: eta's retrieval breaks equal-distance ties towards the
+      more recent behaviour (False: the older one).
     num_heads / head_dim: multi-head target attention of the long branch.
     din_hidden_units: DIN activation unit of the short branch.
     mlp_units: hidden layers of the final MLP.
+    linear_shortcut: add a linear function of the head's input to the
+      logit (wide & deep): counts such as the history statistics reach the
+      logit directly instead of only through the MLP.
     dropout: dropout rate in the MLP and the attention.
     embedding_init_stddev: stddev of the N(0, s) initial embeddings. Large
       enough that distinct ids start far apart: DIN's q - k and q * k and the
@@ -149,10 +154,12 @@ class ModelConfig:
   side_embedding_dim: int = 8
   top_k: int = 64
   num_bits: int = 64
+  prefer_recent: bool = False
   num_heads: int = 2
   head_dim: int = 32
   din_hidden_units: tuple[int, ...] = (64, 32)
   mlp_units: tuple[int, ...] = (128, 64)
+  linear_shortcut: bool = False
   dropout: float = 0.0
   embedding_init_stddev: float = 1.0
   embedding_l2: float = 0.0
@@ -193,7 +200,7 @@ class ModelConfig:
     if self.embedding_init_stddev == 0.0:
       raise ConfigError("embedding_init_stddev must be > 0")
     _check_float(self, "embedding_l2", 0.0, 1e3)
-    for name in ("use_item_ids", "long_statistics"):
+    for name in ("use_item_ids", "long_statistics", "linear_shortcut", "prefer_recent"):
       if not isinstance(getattr(self, name), bool):
         raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
     if self.retrieval_embedding not in RETRIEVAL_EMBEDDINGS:
@@ -259,6 +266,11 @@ class TrainConfig:
     early_stopping_metric: "logloss" (lower is better; the default: a proper
       score that also sees the overconfidence of memorised ids, and defined on
       a one-class day) or "auc" (higher is better).
+    refit: after early stopping, train a fresh model on EVERY training day
+      (the validation days included: the most recent data, which CTR models
+      need most) for the best epoch's steps scaled by the example count;
+      that model is exported. Model selection still read only the
+      validation days; the eval split is never read before the end.
   """
 
   batch_size: int = 256
@@ -270,6 +282,7 @@ class TrainConfig:
   validation_days: int = 1
   early_stopping_patience: int = 2
   early_stopping_metric: str = "logloss"
+  refit: bool = False
 
   def __post_init__(self) -> None:
     _check_int(self, "batch_size", 1)
@@ -283,6 +296,10 @@ class TrainConfig:
     _check_int(self, "steps_per_epoch", 1)
     _check_int(self, "validation_days", 0, 366)
     _check_int(self, "early_stopping_patience", 1)
+    if not isinstance(self.refit, bool):
+      raise ConfigError(f"refit must be a bool, got {self.refit!r}")
+    if self.refit and self.validation_days == 0:
+      raise ConfigError("refit needs early stopping (validation_days >= 1)")
     if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
       raise ConfigError(
           f"early_stopping_metric must be one of {sorted(EARLY_STOPPING_METRICS)}, "

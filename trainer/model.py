@@ -15,7 +15,8 @@ Network (ETA, arXiv 2108.04468):
     history statistics when `long_statistics` is set;
   * the short branch: DIN attention over the last `short_seq_len`
     positions, a static slice thanks to the left padding;
-  * the head: [query, short, long, log1p(hist_length)] -> MLP -> logit.
+  * the head: [query, short, long, log1p(hist_length)] -> MLP -> logit
+    (plus a linear function of the same input with `linear_shortcut`).
 
 The model takes its branch at construction (as TFRS's ranking model takes its
 interaction layer): `call` (a batch of examples) and `shared_logits` (one
@@ -101,6 +102,10 @@ class EtaModel(tfrs.models.Model):
       if c.dropout > 0:
         self.mlp_layers.append(tf.keras.layers.Dropout(c.dropout, seed=c.seed + i))
     self.logit_layer = tf.keras.layers.Dense(1, name="logit")
+    self.shortcut_layer = (
+        tf.keras.layers.Dense(1, use_bias=False, name="linear_shortcut")
+        if c.linear_shortcut else None
+    )
     self.task = tfrs.tasks.Ranking(
         loss=tf.keras.losses.BinaryCrossentropy(
             from_logits=True, reduction=tf.keras.losses.Reduction.SUM
@@ -151,10 +156,13 @@ class EtaModel(tfrs.models.Model):
            training: bool = False) -> tf.Tensor:
     """[parts..., log1p(hist_length)] -> MLP -> logits [B]."""
     parts = parts + [tf.math.log1p(tf.cast(hist_length, tf.float32))[:, tf.newaxis]]
-    hidden = tf.concat(parts, axis=-1)
+    inputs = hidden = tf.concat(parts, axis=-1)
     for layer in self.mlp_layers:
       hidden = layer(hidden, training=training)
-    return tf.squeeze(self.logit_layer(hidden), axis=-1)
+    logit = self.logit_layer(hidden)
+    if self.shortcut_layer is not None:
+      logit += self.shortcut_layer(inputs)
+    return tf.squeeze(logit, axis=-1)
 
   # --- the two paths --------------------------------------------------------
 

@@ -624,6 +624,7 @@ class TrainingRun:
   split: ValidationSplit
   early_stopping: Optional[EarlyStopping]
   steps_per_epoch: int
+  refit_steps: Optional[int] = None
 
   def summary(self) -> dict[str, Any]:
     """metrics.json entries of the training run."""
@@ -638,6 +639,7 @@ class TrainingRun:
         "train_steps_total": self.progress.total_steps_done,
         "resumed_from_epoch": self.progress.first_epoch,
         "validation": validation,
+        "refit_steps": self.refit_steps,
     }
 
 
@@ -717,10 +719,45 @@ def run_training(
   # After early stopping, so the validation metrics it adds are logged too.
   callbacks.append(tf.keras.callbacks.TensorBoard(log_dir, update_freq=tensorboard_update_freq))
   progress = fit(model, data.dataset(split.train_range, True), train_config, callbacks)
+  refit_steps = None
+  if early_stopping is not None and train_config.refit:
+    model, refit_steps = _refit(
+        model_config, train_config, data, split, early_stopping, strategy, backup_dir,
+        base_model,
+    )
 
   target = export_dir if chief else tempfile.mkdtemp()
   export_fn(model, target)
   if not chief:
     tf.io.gfile.rmtree(target)
   _, steps_per_epoch = epochs_for(train_config)
-  return TrainingRun(model, strategy, chief, progress, split, early_stopping, steps_per_epoch)
+  return TrainingRun(model, strategy, chief, progress, split, early_stopping, steps_per_epoch,
+                     refit_steps)
+
+
+REFIT_SUBDIR = "refit"
+
+
+def _refit(model_config, train_config, data, split, early_stopping, strategy, backup_dir,
+           base_model):
+  """A fresh model trained on every training day for the selected length.
+
+  The selected length is the best epoch's steps times (all training
+  examples / the examples early stopping trained on), so the refit sees
+  each example about as often as the selected model did.
+  """
+  _, steps_per_epoch = epochs_for(train_config)
+  best_step = early_stopping.summary(steps_per_epoch)["best_step"] or steps_per_epoch
+  total = split.train_examples + split.validation_examples
+  steps = max(1, math.ceil(best_step * total / max(split.train_examples, 1)))
+  refit_config = train_config.replace(train_steps=steps, validation_days=0, refit=False)
+  logging.info("refit: %d steps on every training day (%d examples; best step %d)",
+               steps, total, best_step)
+  with strategy.scope():
+    model = model_lib.build_model(model_config)
+    compile_model(model, refit_config)
+  if base_model:
+    warm_start(model, base_model)
+  fit(model, data.dataset(None, True), refit_config,
+      [tf.keras.callbacks.BackupAndRestore(os.path.join(backup_dir, REFIT_SUBDIR))])
+  return model, steps

@@ -9,6 +9,8 @@ whole history, the last `short_seq_len` behaviours) this gives
   log1p(matches), log1p(matches that were cart), ... fav, ... buy,
   recency = (TIME_GAP_BUCKETS - smallest time-gap bucket of a match) /
             TIME_GAP_BUCKETS, 0 without a match,
+  age = largest time-gap bucket of a match / TIME_GAP_BUCKETS, 0 without
+        (how long ago the interest first appeared: dormant interests),
 
 plus the share of the whole history that matches the item and the category:
 `num_statistics(...)` floats in all.
@@ -38,8 +40,8 @@ _ENTITIES = (
     (features.ITEM_ID.name, features.HIST_ITEM_IDS.name),
     (features.CATEGORY_ID.name, features.HIST_CATEGORY_IDS.name),
 )
-# Per entity and window: total, one count per non-pv type, recency.
-_PER_WINDOW = 1 + (len(features.BEHAVIOR_TYPES) - 1) + 1
+# Per entity and window: total, one count per non-pv type, recency, age.
+_PER_WINDOW = 1 + (len(features.BEHAVIOR_TYPES) - 1) + 2
 
 
 def num_statistics() -> int:
@@ -84,6 +86,13 @@ def _window_statistics(
     smallest_gap = tf.reduce_min(
         tf.where(per_type > 0, first_gap, features.TIME_GAP_BUCKETS), axis=-1
     )
+    # ... and the last key of each range that type's largest gap (the oldest).
+    last = tf.gather(
+        ordered, tf.maximum(tf.reshape(positions[..., 1:], [tf.shape(slot)[0], -1]) - 1, 0),
+        batch_dims=1,
+    )
+    last_gap = tf.reshape(last % _GAP_FACTOR, tf.shape(per_type))
+    largest_gap = tf.reduce_max(tf.where(per_type > 0, last_gap, 0), axis=-1)
     as_float = lambda t: tf.cast(t, tf.float32)
     columns.append(tf.math.log1p(as_float(total)))
     for type_index in range(1, len(features.BEHAVIOR_TYPES)):
@@ -91,6 +100,7 @@ def _window_statistics(
     columns.append(
         as_float(features.TIME_GAP_BUCKETS - smallest_gap) / features.TIME_GAP_BUCKETS
     )
+    columns.append(as_float(largest_gap) / features.TIME_GAP_BUCKETS)
     totals.append(total)
   return columns, totals
 

@@ -109,6 +109,9 @@ def hamming_distance(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
   differing = tf.bitwise.bitwise_xor(a, b)
   # tf.bitwise has no popcount in TF 2.16; PopulationCount returns uint8.
   per_word = tf.cast(tf.raw_ops.PopulationCount(x=differing), tf.int32)
+  if per_word.shape[-1] == 1:
+    # One word (m <= 64): a reshape, not another pass over the distances.
+    return tf.reshape(per_word, tf.shape(per_word)[:-1])
   return tf.reduce_sum(per_word, axis=-1)
 
 
