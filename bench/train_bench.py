@@ -43,7 +43,12 @@ from absl import logging
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MOVIELENS_DIR = os.path.join(os.path.dirname(REPO), "shared", "datasets", "movielens-latest-small")
 
-_PART = flags.DEFINE_enum("part", "all", ["all", "quality", "speed"], "What to run.")
+_PART = flags.DEFINE_enum(
+    "part", "all", ["all", "quality", "speed", "report"],
+    "What to run (report: only re-render train.md from train.json, e.g. after merging).")
+_SYNTHETIC = flags.DEFINE_bool("synthetic", True, "Run the quality part on the synthetic data.")
+_MERGE = flags.DEFINE_list(
+    "merge", [], "Other train.json files whose quality rows join this one's (runs in parallel).")
 _WORK_DIR = flags.DEFINE_string(
     "work_dir", os.path.join(REPO, "bench", "scratch", "train_bench"), "Scratch space."
 )
@@ -51,7 +56,8 @@ _RESULTS_DIR = flags.DEFINE_string(
     "results_dir", os.path.join(REPO, "bench", "results"), "Where results go."
 )
 _USERS = flags.DEFINE_integer("users", 2000, "Synthetic users (generator default 2000).")
-_QUALITY_STEPS = flags.DEFINE_integer("quality_steps", 1500, "Training steps per variant.")
+_QUALITY_STEPS = flags.DEFINE_integer(
+    "quality_steps", 2000, "Training steps per variant (an upper bound under early stopping).")
 _QUALITY_BATCH = flags.DEFINE_integer("quality_batch_size", 256, "Training batch size.")
 _QUALITY_HPARAMS = flags.DEFINE_string(
     "quality_hparams", "{}", "JSON of extra settings for every quality run."
@@ -87,12 +93,14 @@ _SINGLE = flags.DEFINE_string("single_speed_config", None, "Internal: one speed 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "no_statistics": {"long_statistics": False},
-    "item_ids": {"use_item_ids": True, "retrieval_embedding": "item_category"},
-    "item_retrieval": {"use_item_ids": True, "retrieval_embedding": "item"},
-    "no_early_stopping": {"validation_days": 0},
+    "item_ids": {"use_item_ids": True},
+    "d32": {"embedding_dim": 32},
+    "no_early_stopping": {"validation_days": 0, "train_steps": 1000},
+    # The model before the model-quality work: item ids and item retrieval,
+    # d = 32, no statistics, a fixed 500 steps (bench/results/train.md then).
     "before": {"long_statistics": False, "use_item_ids": True,
                "retrieval_embedding": "item", "embedding_dim": 32,
-               "validation_days": 0},
+               "validation_days": 0, "train_steps": 500},
 }
 SPEED_BATCH = 256
 SPEED_TOP_K = 64
@@ -196,6 +204,7 @@ def hand_feature_baselines(raw_dir: str) -> list[dict[str, Any]]:
       "synthetic_signal", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                        "synthetic_signal.py"))
   synthetic_signal = importlib.util.module_from_spec(spec)
+  sys.modules["synthetic_signal"] = synthetic_signal  # its dataclasses look it up
   spec.loader.exec_module(synthetic_signal)
 
   rows = []
@@ -446,10 +455,29 @@ def main(argv):
       "baselines": previous.get("baselines", []),
       "speed": previous.get("speed", []),
   }
+  key = lambda r: (r["data"], r.get("setting", "defaults"), r["model"], r["seed"])  # noqa: E731
+  for path in _MERGE.value:
+    with open(path) as f:
+      other = json.load(f)
+    if other.get("quality_settings", {}).get("steps") not in (None, result["quality_settings"].get("steps")):
+      raise app.UsageError(f"{path} has other quality settings")
+    theirs = {key(r) for r in other["quality"]}
+    result["quality"] = [r for r in result["quality"] if key(r) not in theirs] + other["quality"]
+    result["oracle"] = result["oracle"] or other.get("oracle")
+    seeds = {r["seed"] for r in other.get("baselines", [])}
+    result["baselines"] = [r for r in result["baselines"] if r["seed"] not in seeds] + \
+        other.get("baselines", [])
+    if not result["quality_settings"]:
+      result["quality_settings"] = other.get("quality_settings", {})
   if _PART.value in ("all", "quality"):
-    examples, oracle = prepare_synthetic(work_dir)
-    result["baselines"] = hand_feature_baselines(os.path.join(work_dir, "raw"))
-    rows = quality("synthetic", examples, work_dir)
+    rows = []
+    if _SYNTHETIC.value:
+      examples, oracle = prepare_synthetic(work_dir)
+      fresh = hand_feature_baselines(os.path.join(work_dir, "raw"))
+      seeds = {r["seed"] for r in fresh}
+      result["baselines"] = [r for r in result["baselines"] if r["seed"] not in seeds] + fresh
+      result["oracle"] = oracle
+      rows = quality("synthetic", examples, work_dir)
     if _MOVIELENS.value:
       rows += quality("movielens", prepare_movielens(work_dir), work_dir)
     settings = {
@@ -459,12 +487,11 @@ def main(argv):
     # Runs with other settings are dropped; same settings, other seeds, kept.
     kept = []
     if {k: v for k, v in result["quality_settings"].items() if k != "seeds"} == settings:
-      key = lambda r: (r["data"], r.get("setting", "defaults"), r["model"], r["seed"])  # noqa: E731
       new_keys = {key(r) for r in rows}
       kept = [r for r in result["quality"] if key(r) not in new_keys]
     rows = kept + rows
     settings["seeds"] = sorted({r["seed"] for r in rows})
-    result.update(quality=rows, oracle=oracle, quality_settings=settings)
+    result.update(quality=rows, quality_settings=settings)
   if _PART.value in ("all", "speed"):
     result["speed"] = speed(work_dir)
   with open(json_path, "w") as f:

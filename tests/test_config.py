@@ -60,6 +60,12 @@ def test_split_flat_config_routes_keys():
         ({"din_hidden_units": ()}, "din_hidden_units"),
         ({"jit_compile": 1}, "jit_compile"),
         ({"seed": -1}, "seed"),
+        ({"retrieval_embedding": "query"}, "retrieval_embedding must be one of"),
+        ({"use_item_ids": False, "retrieval_embedding": "item"}, "needs retrieval_embedding"),
+        ({"use_item_ids": "no"}, "use_item_ids must be a bool"),
+        ({"long_statistics": 0}, "long_statistics must be a bool"),
+        ({"linear_shortcut": None}, "linear_shortcut must be a bool"),
+        ({"prefer_recent": 1}, "prefer_recent must be a bool"),
     ],
 )
 def test_bad_model_values_are_refused(values, message):

@@ -29,7 +29,8 @@ def batch():
 
 def small_config(variant, **overrides):
   values = dict(model=variant, max_seq_len=L, top_k=16, jit_compile=False,
-                embedding_dim=16, head_dim=8, mlp_units=(32,))
+                embedding_dim=16, head_dim=8, mlp_units=(32,),
+                use_item_ids=True, retrieval_embedding="item")
   values.update(overrides)
   return config.ModelConfig(**values)
 

@@ -42,6 +42,9 @@ def small_config(variant: str, **overrides) -> config.ModelConfig:
       model=variant, max_seq_len=L, short_seq_len=8, top_k=K, embedding_dim=8,
       side_embedding_dim=4, num_heads=2, head_dim=4, din_hidden_units=(8,),
       mlp_units=(16,), jit_compile=False,
+      # Item retrieval, so that eta exports (and these tests check) the
+      # signature table; the defaults' category retrieval is MODELS' "eta_default".
+      use_item_ids=True, retrieval_embedding="item",
   )
   values.update(overrides)
   return config.ModelConfig(**values)
@@ -142,12 +145,21 @@ HISTORIES = {
 }
 
 
+# Every variant, plus eta at the defaults' id settings (no item ids,
+# retrieval over [category] hashed per request) with the linear shortcut.
+MODEL_NAMES = config.VARIANTS + ("eta_default",)
+
+
 @pytest.fixture(scope="module")
 def models():
-  return {
+  built = {
       variant: randomized_model(small_config(variant), seed=i)
       for i, variant in enumerate(config.VARIANTS)
   }
+  built["eta_default"] = randomized_model(small_config(
+      "eta", use_item_ids=False, retrieval_embedding="item_category",
+      linear_shortcut=True, prefer_recent=True), seed=99)
+  return built
 
 
 def test_histories_hold_every_behaviour_type():
@@ -155,7 +167,7 @@ def test_histories_hold_every_behaviour_type():
   assert types == set(range(len(features.BEHAVIOR_TYPES)))
 
 
-@pytest.mark.parametrize("variant", config.VARIANTS)
+@pytest.mark.parametrize("variant", MODEL_NAMES)
 def test_rank_equals_the_model_called_once_per_candidate(variant, models):
   model = models[variant]
   functions = {"frozen": serving_rank(model)}
@@ -479,7 +491,7 @@ def exported(models, tmp_path_factory):
   }
 
 
-@pytest.mark.parametrize("variant", config.VARIANTS)
+@pytest.mark.parametrize("variant", MODEL_NAMES)
 def test_loaded_rank_equals_loaded_serving_default_and_the_model(variant, exported):
   """Histories with pv, cart, fav and buy: rank (one history, N candidates)
   equals serving_default on the N matching examples, in a TF-only process."""

@@ -22,7 +22,8 @@ L = 64
 
 def small(variant, seed, **overrides):
   values = dict(model=variant, max_seq_len=L, top_k=8, embedding_dim=8, head_dim=8,
-                mlp_units=(8,), din_hidden_units=(8,), jit_compile=False, seed=seed)
+                mlp_units=(8,), din_hidden_units=(8,), jit_compile=False, seed=seed,
+                use_item_ids=True, retrieval_embedding="item")
   values.update(overrides)
   return config.ModelConfig(**values)
 
