@@ -8,7 +8,7 @@ most recent `max_seq_len` of them, oldest first. Behaviour rows are parsed
 and validated by `raw_logs`, so a row that ingestion rejects is in no history.
 
 Ingestion (the Beam `sequence_builder`) and the serving client
-(`serving/client.py`) both build histories with these functions, so the
+(`serving/requests.py`) both build histories with these functions, so the
 history a served model is called with equals the one it was trained on.
 This module imports no Beam, TFX or TensorFlow: the client imports it.
 """

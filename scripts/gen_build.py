@@ -1,9 +1,12 @@
 """Regenerates the Bazel BUILD file from the source tree.
 
-One py_library per package (from its non-entry-point modules), one py_binary
-per absl entry point (a module that calls `app.run(`), one py_test per test
-file. Direct in-repo imports become deps; third-party imports become
-`requirement(...)` deps. tests/test_build.py checks the result independently.
+One py_library per module (`preprocessing/history.py` -> `preprocessing_history`;
+a package's `__init__.py` -> the package's name), one py_binary per absl entry
+point (a module that calls `app.run(`), one py_test per test file. Direct
+in-repo imports become deps; third-party imports (lazy ones included) become
+`requirement(...)` deps. So a target pulls in only what its modules import:
+`serving_client` has neither Beam nor TFX. tests/test_build.py checks the
+result independently.
 
 Usage: .venv/bin/python scripts/gen_build.py   (rewrites ./BUILD)
 """
@@ -25,7 +28,7 @@ THIRD_PARTY = {
     "kfp": "kfp",
     "matplotlib": "matplotlib",
     "ml_metadata": "tfx",
-    "numpy": "tfx",
+    "numpy": "numpy",
     "pandas": "tfx",
     "psutil": "tfx",
     "pyarrow": "pyarrow",
@@ -84,8 +87,10 @@ def main() -> None:
     for path in sorted(directory.glob("*.py")):
       if is_entry_point(path):
         binaries.append(path)
+      elif path.name == "__init__.py":
+        libraries[package.replace("/", "_")] = [path]
       else:
-        libraries.setdefault(package.replace("/", "_"), []).append(path)
+        libraries[target_name(path)] = [path]
   for directory in SCRIPT_DIRS:
     binaries.extend(sorted((ROOT / directory).glob("*.py")))
   tests = sorted((ROOT / "tests").glob("*.py"))

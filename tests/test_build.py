@@ -174,3 +174,31 @@ def test_checker_catches_an_uncovered_module(toy_tree):
   (toy_tree / "trainer" / "extra.py").write_text("")
   problems = check_build(GOOD_BUILD, toy_tree)
   assert "trainer/extra.py is in no target" in problems
+
+
+def transitive_requirements(targets: dict[str, dict], name: str) -> set[str]:
+  """Every requirement that target `name` pulls in, through all its deps."""
+  seen, todo, found = set(), [name], set()
+  while todo:
+    current = todo.pop()
+    if current in seen:
+      continue
+    seen.add(current)
+    found.update(targets[current]["requirements"])
+    todo.extend(dep[1:] for dep in targets[current]["deps"])
+  return found
+
+
+def test_the_serving_client_target_pulls_in_neither_beam_nor_tfx():
+  targets = parse_build((ROOT / "BUILD").read_text())
+  pulled = transitive_requirements(targets, "serving_client")
+  assert not pulled & {"apache-beam", "tfx", "tensorflow-io", "kfp"}, pulled
+  # TensorFlow (its protos) only through the wire format's target.
+  assert "tensorflow" not in transitive_requirements(targets, "serving_requests")
+  assert "tensorflow" in targets["serving_transport"]["requirements"]
+
+
+def test_transitive_requirements_follows_deps(toy_tree):
+  targets = parse_build(GOOD_BUILD)
+  assert transitive_requirements(targets, "tests_test_model") == {"tensorflow"}
+  assert transitive_requirements(targets, "preprocessing") == set()

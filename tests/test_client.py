@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -22,7 +23,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from preprocessing import features
-from serving import client
+from serving import requests
+from serving import transport
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 T0 = 1_793_404_800  # 2026-10-31 00:00:00 UTC
@@ -34,7 +36,7 @@ def _rank(**overrides):
                 item_ids=[21, 22], category_ids=[2, 3], request_timestamp=T0,
                 max_seq_len=8)
   values.update(overrides)
-  return client.RankRequest(**values)
+  return requests.RankRequest(**values)
 
 
 def _example(**overrides):
@@ -43,7 +45,7 @@ def _example(**overrides):
                 hist_timestamps=[T0 - 9, T0 - 1], hist_behavior_types=[0, 3],
                 max_seq_len=8)
   values.update(overrides)
-  return client.ExampleRequest(**values)
+  return requests.ExampleRequest(**values)
 
 
 def _parse_spec(with_types: bool):
@@ -59,13 +61,13 @@ def _parse_spec(with_types: bool):
 
 def test_rank_predict_request_serializes_and_parses_back():
   rank = _rank()
-  request = client.rank_predict_request(rank, "eta", version_label="stable")
+  request = transport.rank_predict_request(rank, "eta", version_label="stable")
   parsed = predict_pb2.PredictRequest.FromString(request.SerializeToString())
   assert parsed == request
   assert parsed.model_spec.name == "eta"
   assert parsed.model_spec.signature_name == "rank"
   assert parsed.model_spec.version_label == "stable"
-  tensors = client.request_inputs(parsed)
+  tensors = transport.request_inputs(parsed)
   expected = {
       "hist_item_ids": [11, 12, 13], "hist_category_ids": [1, 1, 2],
       "hist_timestamps": [T0 - 30, T0 - 20, T0 - 20],
@@ -82,7 +84,7 @@ def test_rank_predict_request_serializes_and_parses_back():
 
 
 def test_rank_tensors_equal_tf_make_tensor_proto():
-  request = client.rank_predict_request(_rank(), version=3)
+  request = transport.rank_predict_request(_rank(), version=3)
   assert request.model_spec.version.value == 3
   for name, proto in request.inputs.items():
     value = _rank().inputs()[name]
@@ -95,7 +97,7 @@ def test_rank_tensors_equal_tf_make_tensor_proto():
 
 def test_empty_history_is_a_valid_rank_request():
   rank = _rank(hist_item_ids=[], hist_category_ids=[], hist_timestamps=[])
-  tensors = client.request_inputs(client.rank_predict_request(rank))
+  tensors = transport.request_inputs(transport.rank_predict_request(rank))
   for name in ("hist_item_ids", "hist_behavior_types"):
     assert tensors[name].shape == (0,)
     assert tensors[name].dtype == np.int64
@@ -104,14 +106,14 @@ def test_empty_history_is_a_valid_rank_request():
 def test_rank_behavior_types_reach_grpc_rest_and_the_examples():
   rank = _rank(hist_behavior_types=[3, 0, 2])
   assert rank.hist_behavior_types == (3, 0, 2)
-  tensors = client.request_inputs(client.rank_predict_request(rank))
+  tensors = transport.request_inputs(transport.rank_predict_request(rank))
   np.testing.assert_array_equal(tensors["hist_behavior_types"], [3, 0, 2])
   assert tensors["hist_behavior_types"].dtype == np.int64
-  body = json.loads(json.dumps(client.rank_rest_body(rank)))
+  body = json.loads(json.dumps(transport.rank_rest_body(rank)))
   assert body["inputs"]["hist_behavior_types"] == [3, 0, 2]
   assert list(body["inputs"]) == list(features.RANK_INPUT_NAMES)
-  examples = client.examples_for_candidates(rank, user_id=5)
-  strings = [e.serialize() for e in examples]
+  examples = requests.examples_for_candidates(rank, user_id=5)
+  strings = [transport.serialize_example(e) for e in examples]
   got = tf.io.parse_example(strings, _parse_spec(with_types=True))
   np.testing.assert_array_equal(
       tf.sparse.to_dense(got["hist_behavior_types"]).numpy(), [[3, 0, 2]] * 2)
@@ -124,7 +126,7 @@ def test_rank_behavior_types_reach_grpc_rest_and_the_examples():
     ([0, 1.0, 2], "must be an integer"),
 ])
 def test_bad_rank_behavior_types_raise(types, message):
-  with pytest.raises(client.RequestError, match=message):
+  with pytest.raises(requests.RequestError, match=message):
     _rank(hist_behavior_types=types)
 
 
@@ -136,10 +138,10 @@ def test_examples_request_parses_as_training_examples(with_types):
                hist_timestamps=[],
                hist_behavior_types=[] if with_types else None),
   ]
-  request = client.examples_predict_request(examples, "eta")
+  request = transport.examples_predict_request(examples, "eta")
   parsed = predict_pb2.PredictRequest.FromString(request.SerializeToString())
   assert parsed.model_spec.signature_name == "serving_default"
-  strings = client.request_inputs(parsed)["examples"]
+  strings = transport.request_inputs(parsed)["examples"]
   assert strings.shape == (2,)
   got = tf.io.parse_example(strings, _parse_spec(with_types))
   np.testing.assert_array_equal(got["item_id"], [21, 99])
@@ -159,7 +161,7 @@ def test_examples_request_parses_as_training_examples(with_types):
 
 
 def test_rank_rest_body_is_tf_serving_columnar_json():
-  body = json.loads(json.dumps(client.rank_rest_body(_rank())))
+  body = json.loads(json.dumps(transport.rank_rest_body(_rank())))
   assert body == {
       "signature_name": "rank",
       "inputs": {
@@ -176,7 +178,7 @@ def test_rank_rest_body_is_tf_serving_columnar_json():
 
 def test_examples_rest_body_is_tf_serving_row_json_with_b64():
   examples = [_example(), _example(item_id=30)]
-  body = json.loads(json.dumps(client.examples_rest_body(examples)))
+  body = json.loads(json.dumps(transport.examples_rest_body(examples)))
   assert set(body) == {"signature_name", "instances"}
   assert body["signature_name"] == "serving_default"
   assert len(body["instances"]) == 2
@@ -184,7 +186,7 @@ def test_examples_rest_body_is_tf_serving_row_json_with_b64():
     assert list(instance) == ["examples"]
     assert list(instance["examples"]) == ["b64"]
     decoded = base64.b64decode(instance["examples"]["b64"])
-    assert decoded == example.serialize()
+    assert decoded == transport.serialize_example(example)
     parsed = tf.train.Example.FromString(decoded)
     assert list(parsed.features.feature["item_id"].int64_list.value) == [
         example.item_id]
@@ -192,20 +194,20 @@ def test_examples_rest_body_is_tf_serving_row_json_with_b64():
 
 def test_examples_for_candidates_mirror_the_rank_request():
   rank = _rank()
-  examples = client.examples_for_candidates(rank, user_id=5)
+  examples = requests.examples_for_candidates(rank, user_id=5)
   assert [(e.item_id, e.category_id) for e in examples] == [(21, 2), (22, 3)]
   assert all(e.hist_item_ids == (11, 12, 13) and e.timestamp == T0
              and e.user_id == 5 for e in examples)
 
 
 def test_rest_url():
-  assert client.rest_url("h:8501") == "http://h:8501/v1/models/eta:predict"
-  assert client.rest_url("h:8501", "m", version=12) == (
+  assert transport.rest_url("h:8501") == "http://h:8501/v1/models/eta:predict"
+  assert transport.rest_url("h:8501", "m", version=12) == (
       "http://h:8501/v1/models/m/versions/12:predict")
-  assert client.rest_url("h:8501", version_label="canary") == (
+  assert transport.rest_url("h:8501", version_label="canary") == (
       "http://h:8501/v1/models/eta/labels/canary:predict")
-  with pytest.raises(client.RequestError, match="not both"):
-    client.rest_url("h:8501", version=1, version_label="stable")
+  with pytest.raises(requests.RequestError, match="not both"):
+    transport.rest_url("h:8501", version=1, version_label="stable")
 
 
 @pytest.mark.parametrize("answer,expected", [
@@ -217,14 +219,14 @@ def test_rest_url():
      [0.25, 0.5]),
 ])
 def test_probabilities_from_documented_rest_answers(answer, expected):
-  assert client.probabilities_from_rest_answer(answer) == expected
+  assert transport.probabilities_from_rest_answer(answer) == expected
 
 
 @pytest.mark.parametrize("answer", [
     {"error": "Servable not found"}, {"outputs": {"logits": [1.0]}}, {}])
 def test_bad_rest_answers_raise(answer):
-  with pytest.raises(client.ServerError):
-    client.probabilities_from_rest_answer(answer)
+  with pytest.raises(transport.ServerError):
+    transport.probabilities_from_rest_answer(answer)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -248,7 +250,7 @@ def test_bad_rest_answers_raise(answer):
      "max_seq_len must be an int in"),
 ])
 def test_bad_rank_requests_raise_clear_errors(overrides, message):
-  with pytest.raises(client.RequestError, match=message):
+  with pytest.raises(requests.RequestError, match=message):
     _rank(**overrides)
 
 
@@ -256,7 +258,7 @@ def test_numpy_integers_are_accepted_and_numpy_floats_rejected():
   rank = _rank(item_ids=np.array([21, 22], np.int64))
   assert rank.item_ids == (21, 22)
   assert all(type(v) is int for v in rank.item_ids)
-  with pytest.raises(client.RequestError, match="must be an integer"):
+  with pytest.raises(requests.RequestError, match="must be an integer"):
     _rank(item_ids=np.array([21.0, 22.0]))
 
 
@@ -268,15 +270,15 @@ def test_numpy_integers_are_accepted_and_numpy_floats_rejected():
     ({"item_id": 1.5}, "item_id must be an integer"),
 ])
 def test_bad_examples_raise_clear_errors(overrides, message):
-  with pytest.raises(client.RequestError, match=message):
+  with pytest.raises(requests.RequestError, match=message):
     _example(**overrides)
 
 
 def test_no_examples_is_an_error():
-  with pytest.raises(client.RequestError, match="no examples"):
-    client.examples_rest_body([])
-  with pytest.raises(client.RequestError, match="no examples"):
-    client.examples_predict_request([])
+  with pytest.raises(requests.RequestError, match="no examples"):
+    transport.examples_rest_body([])
+  with pytest.raises(requests.RequestError, match="no examples"):
+    transport.examples_predict_request([])
 
 
 def test_history_from_rows_point_in_time_ties_and_truncation():
@@ -289,14 +291,14 @@ def test_history_from_rows_point_in_time_ties_and_truncation():
       f"7,105,5,pv,{T0 + 5}",  # future
       f"7,100,1,buy,{T0 - 60}".encode(),  # out of order in the log; bytes
   ]
-  items, categories, times, types = client.history_from_rows(rows, 7, T0, 8)
+  items, categories, times, types = requests.history_from_rows(rows, 7, T0, 8)
   assert items == [100, 101, 102, 103]
   assert categories == [1, 1, 2, 3]
   assert times == [T0 - 60, T0 - 50, T0 - 10, T0 - 10]
   assert types == [3, 0, 1, 2]
-  items, _, times, _ = client.history_from_rows(rows, 7, T0, max_seq_len=1)
+  items, _, times, _ = requests.history_from_rows(rows, 7, T0, max_seq_len=1)
   assert items == [103] and times == [T0 - 10]
-  assert client.history_from_rows(rows, 42, T0, 8) == ([], [], [], [])
+  assert requests.history_from_rows(rows, 42, T0, 8) == ([], [], [], [])
 
 
 def test_history_from_rows_issue_example_skips_what_ingestion_rejects():
@@ -304,13 +306,13 @@ def test_history_from_rows_issue_example_skips_what_ingestion_rejects():
   # [5, 9] ([9] with max_seq_len=1); the old client sent [111, 9, 5].
   rows = ["1,111,7,pv,0", "1,9,3,pv,1793400000", "1,5,3,pv,1793400000"]
   rejected = []
-  items, _, _, _ = client.history_from_rows(rows, 1, T0, 8, rejected=rejected)
+  items, _, _, _ = requests.history_from_rows(rows, 1, T0, 8, rejected=rejected)
   assert items == [5, 9]
   assert [(r.reason, r.source, r.line) for r in rejected] == [
       ("bad_timestamp", "row 1", "1,111,7,pv,0")]
-  assert client.history_from_rows(rows, 1, T0, 1, rejected=[])[0] == [9]
-  with pytest.raises(client.LogError, match="row 1: bad_timestamp"):
-    client.history_from_rows(rows, 1, T0, 8)
+  assert requests.history_from_rows(rows, 1, T0, 1, rejected=[])[0] == [9]
+  with pytest.raises(requests.LogError, match="row 1: bad_timestamp"):
+    requests.history_from_rows(rows, 1, T0, 8)
 
 
 @pytest.mark.parametrize("row,message", [
@@ -327,29 +329,46 @@ def test_history_from_rows_issue_example_skips_what_ingestion_rejects():
 ])
 def test_history_from_rows_names_the_bad_row(row, message):
   rows = ["7,100,1,pv,1793400000", row]
-  with pytest.raises(client.LogError, match=message):
-    client.history_from_rows(rows, 7, T0, 8)
+  with pytest.raises(requests.LogError, match=message):
+    requests.history_from_rows(rows, 7, T0, 8)
   rejected = []
-  assert client.history_from_rows(rows, 7, T0, 8, rejected=rejected)[0] == [100]
+  assert requests.history_from_rows(rows, 7, T0, 8, rejected=rejected)[0] == [100]
   assert len(rejected) == 1 and rejected[0].source == "row 2"
 
 
 def test_history_from_rows_checks_its_arguments():
-  with pytest.raises(client.RequestError, match="request_timestamp=0 outside"):
-    client.history_from_rows([], 7, 0, 8)
-  with pytest.raises(client.RequestError, match="max_seq_len must be"):
-    client.history_from_rows([], 7, T0, 0)
-  with pytest.raises(client.RequestError, match="row 1: a row must be a log"):
-    client.history_from_rows([["7", "100", "1", "pv", "5"]], 7, T0, 8)
+  with pytest.raises(requests.RequestError, match="request_timestamp=0 outside"):
+    requests.history_from_rows([], 7, 0, 8)
+  with pytest.raises(requests.RequestError, match="max_seq_len must be"):
+    requests.history_from_rows([], 7, T0, 0)
+  with pytest.raises(requests.RequestError, match="row 1: a row must be a log"):
+    requests.history_from_rows([["7", "100", "1", "pv", "5"]], 7, T0, 8)
 
 
-def test_client_module_imports_no_beam_tfx_or_tensorflow():
-  code = ("import sys, serving.client; print(sorted({m.split('.')[0] for m in "
-          "sys.modules} & {'apache_beam', 'tfx', 'tensorflow', 'keras'}))")
+HEAVY_MODULES = "{'apache_beam', 'tfx', 'tensorflow', 'keras'}"
+
+
+def _heavy_modules_after(code: str) -> str:
+  """The heavy top-level modules loaded by `code` in a fresh interpreter."""
+  code += ("\nimport sys; print(sorted({m.split('.')[0] for m in sys.modules}"
+           f" & {HEAVY_MODULES}))")
   done = subprocess.run(
       [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-  assert done.stdout.strip() == "[]"
+  return done.stdout.strip()
+
+
+@pytest.mark.parametrize("module", ["serving.client", "serving.requests",
+                                    "serving.transport"])
+def test_client_module_imports_no_beam_tfx_or_tensorflow(module):
+  assert _heavy_modules_after(f"import {module}") == "[]"
+
+
+def test_a_rank_rest_body_needs_no_tensorflow():
+  code = ("from serving import requests, transport\n"
+          "rank = requests.RankRequest([1], [2], [3], [4], [5], 10, 8)\n"
+          "transport.rank_rest_body(rank)")
+  assert _heavy_modules_after(code) == "[]"
 
 
 def _closed_port() -> int:
@@ -360,11 +379,11 @@ def _closed_port() -> int:
 
 def test_unreachable_server_gives_server_error():
   server = f"127.0.0.1:{_closed_port()}"
-  with pytest.raises(client.ServerError, match="failed"):
-    client.send_rest(client.rank_rest_body(_rank()), client.rest_url(server),
+  with pytest.raises(transport.ServerError, match="failed"):
+    transport.send_rest(transport.rank_rest_body(_rank()), transport.rest_url(server),
                      timeout_s=2)
-  with pytest.raises(client.ServerError, match="UNAVAILABLE|DEADLINE"):
-    client.send_grpc(client.rank_predict_request(_rank()), server,
+  with pytest.raises(transport.ServerError, match="UNAVAILABLE|DEADLINE"):
+    transport.send_grpc(transport.rank_predict_request(_rank()), server,
                      timeout_s=2)
 
 
@@ -428,6 +447,17 @@ def test_cli_help_exits_0():
   assert done.returncode == 0, done.stderr
   assert "skip_rejected_rows" in done.stdout
   assert _run_cli("--no_such_flag=1").returncode != 0
+
+
+def test_readme_flag_table_names_every_cli_flag():
+  section = (ROOT / "serving" / "README.md").read_text().split(
+      "## The client", 1)[1].split("\n## ", 1)[0]
+  documented = set(re.findall(r"`--(\w+)`", section.split("\n\n| flag |")[1]
+                              .split("\n\n")[0]))
+  done = _run_cli("--helpshort")
+  assert done.returncode == 0, done.stderr
+  defined = set(re.findall(r"^  --(?:\[no\])?(\w+)", done.stdout, re.M))
+  assert documented == defined
 
 
 def _one_line_error(done, expected):
@@ -525,7 +555,7 @@ def test_models_config_is_a_valid_model_server_config():
   config = text_format.Parse((SERVING_DIR / "models.config").read_text(),
                              model_server_config_pb2.ModelServerConfig())
   (model,) = config.model_config_list.config
-  assert model.name == client.DEFAULT_MODEL_NAME
+  assert model.name == transport.DEFAULT_MODEL_NAME
   assert model.base_path == "/models/eta"
   assert model.model_platform == "tensorflow"
   assert model.model_version_policy.latest.num_versions == 2

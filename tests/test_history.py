@@ -203,7 +203,7 @@ def test_client_history_equals_ingestion_history(tmp_path):
   """Five random logs (three users each) and issue 9's rows, as files of one
   ingestion run (one Beam job keeps it fast); every example's history is
   rebuilt by the client from the same files."""
-  from serving import client  # pylint: disable=g-import-not-at-top
+  from serving import requests  # pylint: disable=g-import-not-at-top
 
   for directory in ("behaviors", "impressions"):
     (tmp_path / directory).mkdir()
@@ -221,7 +221,7 @@ def test_client_history_equals_ingestion_history(tmp_path):
   cut = 0
   for example in examples:
     rejected = []
-    got = client.history_from_log(
+    got = requests.history_from_log(
         pattern, example["user_id"], example["timestamp"], MAX_SEQ_LEN,
         bounds=BOUNDS, rejected=rejected)
     assert list(got) == example["history"], example

@@ -21,7 +21,8 @@ import pytest
 import tensorflow as tf
 
 from preprocessing import features
-from serving import client
+from serving import requests as client_requests
+from serving import transport
 from trainer import config
 from trainer import export
 from trainer import input as input_lib
@@ -431,16 +432,16 @@ def client_cases(cases: dict) -> dict:
   cases["proto_rank"], cases["proto_examples"] = {}, {}
   for name in CLIENT_CASES:
     inputs = rank_inputs(HISTORIES[name])
-    request = client.RankRequest(
+    request = client_requests.RankRequest(
         **{k: v.tolist() for k, v in inputs.items()}, max_seq_len=L
     )
     requests[name] = request
     cases["proto_rank"][name] = {
         k: v.SerializeToString().hex()
-        for k, v in client.rank_predict_request(request).inputs.items()
+        for k, v in transport.rank_predict_request(request).inputs.items()
     }
-    examples = client.examples_predict_request(
-        client.examples_for_candidates(request, user_id=0)
+    examples = transport.examples_predict_request(
+        client_requests.examples_for_candidates(request, user_id=0)
     )
     cases["proto_examples"][name] = {
         k: v.SerializeToString().hex() for k, v in examples.inputs.items()
@@ -574,8 +575,8 @@ def test_bad_requests_are_stopped_by_the_client(overrides, message):
   values = dict(HISTORIES["typical"], item_ids=[3, 7], category_ids=[3, 2],
                 request_timestamp=T0)
   values.update(overrides)
-  with pytest.raises(client.RequestError, match=message):
-    client.RankRequest(**values, max_seq_len=L)
+  with pytest.raises(client_requests.RequestError, match=message):
+    client_requests.RankRequest(**values, max_seq_len=L)
 
 
 def test_unknown_and_huge_ids_pass_the_client_and_get_scores(exported):
