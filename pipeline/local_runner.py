@@ -33,6 +33,8 @@ from absl import app
 from absl import flags
 
 from pipeline import configs
+from pipeline import pipeline as pipeline_lib
+from pipeline import run_report
 
 FLAGS = flags.FLAGS
 
@@ -149,8 +151,6 @@ def input_span_and_fingerprint(config: configs.PipelineConfig) -> tuple[int, str
   from tfx.proto import example_gen_pb2  # pylint: disable=g-import-not-at-top
   from tfx.proto import range_config_pb2  # pylint: disable=g-import-not-at-top
 
-  from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-
   properties = pipeline_lib.example_gen_component(config).exec_properties
   input_config = json_format.Parse(properties["input_config"], example_gen_pb2.Input())
   range_config = None
@@ -168,8 +168,6 @@ def completed_run(config: configs.PipelineConfig) -> Optional[str]:
   """The id of a run of `config` over the current input whose Pusher
   completed (see `run_report.find_completed_run`), or None."""
   import os  # pylint: disable=g-import-not-at-top
-
-  from pipeline import run_report  # pylint: disable=g-import-not-at-top
 
   if not os.path.exists(config.resolved_metadata_path):
     return None
@@ -196,8 +194,6 @@ def _writable_store(config: configs.PipelineConfig):
 def tag_new_run(config: configs.PipelineConfig, earlier_run_ids: Sequence[str]) -> None:
   """Records the config fingerprint on the run LocalDagRunner just made (none
   when it failed before starting one)."""
-  from pipeline import run_report  # pylint: disable=g-import-not-at-top
-
   store = _writable_store(config)
   ids = run_report.run_ids(store)
   if not ids or ids[-1] in earlier_run_ids:
@@ -214,9 +210,6 @@ def run(config: configs.PipelineConfig):
   import os  # pylint: disable=g-import-not-at-top
 
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
-
-  from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-  from pipeline import run_report  # pylint: disable=g-import-not-at-top
 
   check_schema_bound(config)
   os.makedirs(os.path.dirname(config.resolved_metadata_path) or ".", exist_ok=True)
@@ -273,7 +266,7 @@ def exit_status(report, error) -> int:
     return 0
   # Blocked by a gate (bad data, a worse model, a failed infra check): the
   # pipeline did its job; anything else is an error.
-  if error is None or report.states.get("DataGate") == "FAILED":
+  if error is None or report.states.get(pipeline_lib.DATA_GATE) == "FAILED":
     return EXIT_NOT_PUSHED
   return 1
 
@@ -294,8 +287,6 @@ def main(argv: Sequence[str]) -> Optional[int]:
   if not FLAGS.force_rerun:
     previous = completed_run(config)
     if previous is not None:
-      from pipeline import run_report  # pylint: disable=g-import-not-at-top
-
       report = run_report.report(
           config.resolved_metadata_path, config.pipeline_name, previous
       )

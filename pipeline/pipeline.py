@@ -38,9 +38,6 @@ from preprocessing import features
 PREPROCESSING_FN = "preprocessing.preprocessing_fn.preprocessing_fn"
 RUN_FN = "trainer.tfx_trainer.run_fn"
 GAUC_MODULE = "pipeline.gauc_metric"
-SLICE_HIST_LENGTH_BUCKET = "slice_hist_length_bucket"  # preprocessing_fn's slicing keys
-SLICE_CATEGORY_ID = "slice_category_id"
-TRANSFORM_FEATURES_SIGNATURE = "transform_features"
 
 # Component ids (also MLMD node ids; the runners and tests look them up).
 EXAMPLE_GEN = "ExampleGen"
@@ -98,13 +95,13 @@ def eval_config(config: configs.PipelineConfig):
               label_key=features.LABEL_KEY,
               prediction_key=features.PROBABILITIES_KEY,
               # Gives TFMA the Transform outputs, which hold the slicing keys.
-              preprocessing_function_names=[TRANSFORM_FEATURES_SIGNATURE],
+              preprocessing_function_names=[features.TRANSFORM_FEATURES_SIGNATURE],
           )
       ],
       slicing_specs=[
           tfma.SlicingSpec(),
-          tfma.SlicingSpec(feature_keys=[SLICE_HIST_LENGTH_BUCKET]),
-          tfma.SlicingSpec(feature_keys=[SLICE_CATEGORY_ID]),
+          tfma.SlicingSpec(feature_keys=[features.SLICE_HIST_LENGTH_BUCKET]),
+          tfma.SlicingSpec(feature_keys=[features.SLICE_CATEGORY_ID]),
       ],
       metrics_specs=[
           tfma.MetricsSpec(

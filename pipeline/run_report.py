@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Optional
 
+from pipeline import pipeline as pipeline_lib
+
 # MLMD context types TFX's portable orchestration writes.
 _PIPELINE_RUN_CONTEXT = "pipeline_run"
 _NODE_CONTEXT = "node"
@@ -41,7 +43,7 @@ class RunReport:
     if self.pushed:
       return ""
     failed = [n for n, s in self.states.items() if s == "FAILED"]
-    if failed == ["DataGate"]:
+    if failed == [pipeline_lib.DATA_GATE]:
       return "the data gate stopped the run before training (input anomalies or rejected rows; see the error below)"
     if failed:
       return f"the run failed at {', '.join(failed)}"
@@ -51,7 +53,7 @@ class RunReport:
       )
     if self.infra_blessed is False:
       return "offline infra validation failed: " + "; ".join(self.infra_reasons)
-    if "Pusher" not in self.states:
+    if pipeline_lib.PUSHER not in self.states:
       return "the run stopped before the Pusher"
     return "the Pusher did not push"
 
@@ -204,21 +206,22 @@ def report(
   if run_failed:
     states = {n: "FAILED" if s in _UNFINISHED_STATES else s for n, s in states.items()}
   out = RunReport(run_id=run_id, states=states)
-  if "Pusher" in executions:
-    pushed = output_artifacts(store, executions["Pusher"]).get("pushed_model", [])
+  if pipeline_lib.PUSHER in executions:
+    pushed = output_artifacts(store, executions[pipeline_lib.PUSHER]).get("pushed_model", [])
     if pushed:
       out.pushed = _int_property(pushed[0], "pushed") == 1
       if "pushed_destination" in pushed[0].custom_properties:
         out.pushed_destination = pushed[0].custom_properties["pushed_destination"].string_value
-  if "Evaluator" in executions:
-    outputs = output_artifacts(store, executions["Evaluator"])
+  if pipeline_lib.EVALUATOR in executions:
+    outputs = output_artifacts(store, executions[pipeline_lib.EVALUATOR])
     for blessing in outputs.get("blessing", []):
       out.model_blessed = _int_property(blessing, "blessed") == 1
     for evaluation in outputs.get("evaluation", []):
       out.metrics = overall_metrics(evaluation.uri)
       out.validation_failures = validation_failures(evaluation.uri)
-  if "OfflineInfraValidator" in executions:
-    for blessing in output_artifacts(store, executions["OfflineInfraValidator"]).get("blessing", []):
+  if pipeline_lib.INFRA_VALIDATOR in executions:
+    infra = output_artifacts(store, executions[pipeline_lib.INFRA_VALIDATOR])
+    for blessing in infra.get("blessing", []):
       out.infra_blessed = _int_property(blessing, "blessed") == 1
       path = os.path.join(blessing.uri, "infra_validation.json")
       if os.path.exists(path):
@@ -252,8 +255,8 @@ def find_completed_run(
     if tagged is None or tagged.string_value != config_fingerprint:
       continue
     executions = node_executions(store, pipeline_name, run_id)
-    pusher = executions.get("Pusher")
-    example_gen = executions.get("ExampleGen")
+    pusher = executions.get(pipeline_lib.PUSHER)
+    example_gen = executions.get(pipeline_lib.EXAMPLE_GEN)
     if pusher is None or example_gen is None or pusher.last_known_state not in done:
       continue
     for examples in output_artifacts(store, example_gen).get("examples", []):

@@ -134,3 +134,9 @@ RANK_INPUT_NAMES: tuple[str, ...] = tuple(f.name for f in RANK_HISTORY_FEATURES)
 )
 # Output of both signatures: float32 click probabilities, [batch] or [N].
 PROBABILITIES_KEY = "probabilities"
+# The exported model's signature that applies the Transform to raw examples,
+# for the Evaluator (TFMA's preprocessing_function_names).
+TRANSFORM_FEATURES_SIGNATURE = "transform_features"
+# Slicing keys: features preprocessing_fn adds, which the Evaluator slices by.
+SLICE_HIST_LENGTH_BUCKET = "slice_hist_length_bucket"
+SLICE_CATEGORY_ID = "slice_category_id"

@@ -28,8 +28,6 @@ import tensorflow as tf
 from preprocessing import features
 from preprocessing import transforms
 
-SLICE_HIST_LENGTH_BUCKET = "slice_hist_length_bucket"
-SLICE_CATEGORY_ID = "slice_category_id"
 _CONFIG_KEYS = frozenset({"max_seq_len", "history_length_edges"})
 
 
@@ -84,11 +82,11 @@ def preprocessing_fn(
   # An example without behaviour types arrives as an empty row (the schema
   # marks the feature optional); transform_features counts it as pv.
   outputs = transforms.transform_features(inputs, config["max_seq_len"])
-  outputs[SLICE_HIST_LENGTH_BUCKET] = history_length_bucket(
+  outputs[features.SLICE_HIST_LENGTH_BUCKET] = history_length_bucket(
       outputs[transforms.HIST_LENGTH], config["history_length_edges"]
   )
   category = inputs[features.CATEGORY_ID.name]
   if isinstance(category, tf.SparseTensor):
     category = tf.sparse.to_dense(category)
-  outputs[SLICE_CATEGORY_ID] = tf.reshape(tf.cast(category, tf.int64), [-1])
+  outputs[features.SLICE_CATEGORY_ID] = tf.reshape(tf.cast(category, tf.int64), [-1])
   return outputs

@@ -92,8 +92,8 @@ def test_time_gaps_types_and_scalars(transformed):
 
 def test_slicing_outputs(transformed):
   # edges (0, 1, 3, 10): lengths 4, 2, 0 -> lower edges 3, 1, 0.
-  assert [r[pfn.SLICE_HIST_LENGTH_BUCKET] for r in transformed] == [3, 1, 0]
-  assert [r[pfn.SLICE_CATEGORY_ID] for r in transformed] == [3, 4, 5]
+  assert [r[features.SLICE_HIST_LENGTH_BUCKET] for r in transformed] == [3, 1, 0]
+  assert [r[features.SLICE_CATEGORY_ID] for r in transformed] == [3, 4, 5]
 
 
 def test_history_length_bucket_edges_and_bad_config():

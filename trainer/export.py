@@ -29,7 +29,6 @@ from trainer import serving_signatures
 
 SERVING_INPUT = features.SERVING_EXAMPLES_KEY
 PROBABILITIES = features.PROBABILITIES_KEY
-TRANSFORM_FEATURES_SIGNATURE = "transform_features"
 
 
 def _examples_spec() -> tf.TensorSpec:
@@ -72,7 +71,7 @@ def transform_signatures(model: Any, tf_transform_output: Any) -> dict[str, Any]
 
   return {
       features.SERVING_DEFAULT_SIGNATURE: serve.get_concrete_function(),
-      TRANSFORM_FEATURES_SIGNATURE: transform_features.get_concrete_function(),
+      features.TRANSFORM_FEATURES_SIGNATURE: transform_features.get_concrete_function(),
       features.RANK_SIGNATURE: serving_signatures.rank_function(model),
   }
 
