@@ -2,9 +2,9 @@
 
 GAUC = sum over users u of n_u * AUC_u / sum of n_u, over the users that have
 both a clicked and a non-clicked impression in the slice (AUC is undefined
-otherwise); n_u is the user's number of impressions. This is the definition
-of `trainer.metrics.gauc` (the trainer's numpy metric), restated here because
-the pipeline does not import trainer code.
+otherwise); n_u is the user's number of impressions. The per-user AUC and
+the running sums are `preprocessing.auc`'s, which the trainer's numpy metric
+(`trainer.metrics.gauc`) uses too.
 
 Use it in a MetricsSpec with `query_key='user_id'`: TFMA then groups a
 slice's examples by user and hands the combiner one user at a time. It is
@@ -19,28 +19,14 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Optional
 
 import apache_beam as beam
-import numpy as np
-from scipy import stats as scipy_stats
 from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.metrics import metric_util
 from tensorflow_model_analysis.proto import config_pb2
 
+from preprocessing import auc as auc_lib
+
 GAUC_NAME = "gauc"
 USERS_NAME = "gauc_users"
-
-
-def user_auc(labels: np.ndarray, predictions: np.ndarray) -> Optional[float]:
-  """AUC of one user's impressions (ties count 1/2), None without both labels."""
-  labels = np.asarray(labels, dtype=np.float64).reshape(-1) > 0.5
-  predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
-  positives = int(labels.sum())
-  negatives = labels.size - positives
-  if positives == 0 or negatives == 0:
-    return None
-  ranks = scipy_stats.rankdata(predictions)  # average ranks for ties
-  return float(
-      (ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-  )
 
 
 class GroupAUC(metric_types.Metric):
@@ -86,15 +72,6 @@ def _group_auc_computations(
   return computations
 
 
-class _Accumulator:
-  __slots__ = ["weighted_auc", "weight", "users"]
-
-  def __init__(self):
-    self.weighted_auc = 0.0
-    self.weight = 0.0
-    self.users = 0
-
-
 class _GroupAUCCombiner(beam.CombineFn):
   """Consumes one user's impressions per input element."""
 
@@ -103,12 +80,13 @@ class _GroupAUCCombiner(beam.CombineFn):
     self._users_key = users_key
     self._eval_config = eval_config
 
-  def create_accumulator(self) -> _Accumulator:
-    return _Accumulator()
+  def create_accumulator(self) -> auc_lib.GroupAucSum:
+    return auc_lib.GroupAucSum()
 
   def add_input(
-      self, accumulator: _Accumulator, element: metric_types.StandardMetricInputs
-  ) -> _Accumulator:
+      self, accumulator: auc_lib.GroupAucSum,
+      element: metric_types.StandardMetricInputs,
+  ) -> auc_lib.GroupAucSum:
     labels, predictions, _ = next(
         metric_util.to_label_prediction_example_weight(
             element,
@@ -123,23 +101,22 @@ class _GroupAUCCombiner(beam.CombineFn):
     )
     if labels is None or predictions is None:
       return accumulator
-    labels = np.asarray(labels).reshape(-1)
-    value = user_auc(labels, predictions)
-    if value is not None:
-      accumulator.weighted_auc += value * labels.size
-      accumulator.weight += labels.size
-      accumulator.users += 1
+    accumulator.add_user(labels, predictions)
     return accumulator
 
-  def merge_accumulators(self, accumulators: Iterable[_Accumulator]) -> _Accumulator:
+  def merge_accumulators(
+      self, accumulators: Iterable[auc_lib.GroupAucSum]
+  ) -> auc_lib.GroupAucSum:
     accumulators = iter(accumulators)
     result = next(accumulators)
     for accumulator in accumulators:
-      result.weighted_auc += accumulator.weighted_auc
-      result.weight += accumulator.weight
-      result.users += accumulator.users
+      result.merge(accumulator)
     return result
 
-  def extract_output(self, accumulator: _Accumulator) -> Dict[metric_types.MetricKey, float]:
-    value = accumulator.weighted_auc / accumulator.weight if accumulator.weight else float("nan")
+  def extract_output(
+      self, accumulator: auc_lib.GroupAucSum
+  ) -> Dict[metric_types.MetricKey, float]:
+    value = accumulator.value()
+    if value is None:
+      value = float("nan")
     return {self._key: value, self._users_key: float(accumulator.users)}

@@ -1,27 +1,17 @@
 """GAUC as a TFMA metric, resolved from an EvalConfig as the Evaluator does,
-against a hand-counted value and sklearn."""
+against a hand-counted value (the per-user AUC against sklearn is
+tests/test_auc.py)."""
 
 import numpy as np
 import pytest
 import tensorflow_model_analysis as tfma
-from sklearn import metrics as sk_metrics
 
 from pipeline import gauc_metric
 
 
-def test_user_auc_against_sklearn_and_ties():
-  rng = np.random.default_rng(0)
-  labels = rng.integers(0, 2, 50)
-  scores = rng.integers(0, 5, 50) / 4.0  # many ties
-  assert gauc_metric.user_auc(labels, scores) == pytest.approx(sk_metrics.roc_auc_score(labels, scores))
-  assert gauc_metric.user_auc([1, 1], [0.2, 0.3]) is None
-  # Hand-counted: pairs (pos 0.4 vs negs 0.1, 0.4, 0.9) -> 1 + 0.5 + 0 = 1.5 / 3.
-  assert gauc_metric.user_auc([1, 0, 0, 0], [0.4, 0.1, 0.4, 0.9]) == pytest.approx(0.5)
-
-
 def test_gauc_through_tfma_query_grouping():
   # user 1: AUC 1.0 over 3 impressions; user 2: AUC 0.5 over 4 (the hand
-  # example above); user 3: only clicks -> skipped.
+  # example of tests/test_auc.py); user 3: only clicks -> skipped.
   rows = [
       (1, 1, 0.9), (1, 0, 0.2), (1, 0, 0.1),
       (2, 1, 0.4), (2, 0, 0.1), (2, 0, 0.4), (2, 0, 0.9),

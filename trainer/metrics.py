@@ -1,17 +1,15 @@
 """Offline CTR metrics in numpy: AUC, GAUC, log loss, calibration.
 
-GAUC (as in DIN, arXiv 1706.06978): the per-user AUC averaged over users,
-weighted by each user's number of impressions, counting only users with both
-a click and a non-click (AUC is undefined otherwise). Ties in the
-predictions count one half (the Mann-Whitney statistic), the same as
-sklearn's `roc_auc_score`.
+AUC and GAUC are `preprocessing.auc`'s (ties count one half, as sklearn's
+`roc_auc_score`; GAUC as in DIN, impression-weighted over the users with both
+a click and a non-click); this module checks the inputs first.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
+
+from preprocessing import auc as auc_lib
 
 LOG_LOSS_EPSILON = 1e-7
 
@@ -34,35 +32,10 @@ def _check(labels, predictions, name: str = "predictions"):
   return labels.astype(np.int64), predictions
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-  """1-based ranks, ties sharing their average rank."""
-  order = np.argsort(values, kind="mergesort")
-  sorted_values = values[order]
-  # Start of each run of equal values.
-  starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-  ends = np.r_[starts[1:], sorted_values.size]
-  run_ranks = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
-  ranks = np.empty(values.size, dtype=np.float64)
-  ranks[order] = np.repeat(run_ranks, ends - starts)
-  return ranks
-
-
-def _auc_unchecked(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
-  positives = int(labels.sum())
-  negatives = labels.size - positives
-  if positives == 0 or negatives == 0:
-    return None
-  rank_sum = _average_ranks(scores)[labels == 1].sum()
-  return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
-
-
 def auc(labels, scores) -> float:
   """Area under the ROC curve; raises ValueError if only one class is present."""
   labels, scores = _check(labels, scores, "scores")
-  value = _auc_unchecked(labels, scores)
-  if value is None:
-    raise ValueError("AUC is undefined: labels hold a single class")
-  return value
+  return auc_lib.auc(labels, scores)
 
 
 def gauc(labels, scores, user_ids) -> tuple[float, int]:
@@ -78,24 +51,10 @@ def gauc(labels, scores, user_ids) -> tuple[float, int]:
   user_ids = np.asarray(user_ids).reshape(-1)
   if user_ids.shape != labels.shape:
     raise ValueError("user_ids and labels differ in length")
-  order = np.argsort(user_ids, kind="mergesort")
-  sorted_users = user_ids[order]
-  starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
-  ends = np.r_[starts[1:], sorted_users.size]
-  weighted_sum = 0.0
-  weight = 0
-  users = 0
-  for start, end in zip(starts, ends):
-    rows = order[start:end]
-    value = _auc_unchecked(labels[rows], scores[rows])
-    if value is None:
-      continue
-    weighted_sum += value * rows.size
-    weight += rows.size
-    users += 1
-  if users == 0:
+  value, users = auc_lib.gauc(labels, scores, user_ids)
+  if value is None:
     raise ValueError("GAUC is undefined: no user has both a click and a non-click")
-  return weighted_sum / weight, users
+  return value, users
 
 
 def log_loss(labels, probabilities) -> float:
