@@ -2,8 +2,12 @@
 runner into `create_pipeline`.
 
 `PipelineConfig.from_dict` rejects unknown keys, so a typo in a config file or
-a runner is an error instead of a setting silently ignored. Nothing here
-imports TFX; the runners parse flags into this object cheaply.
+a runner is an error instead of a setting silently ignored. The model and
+training settings are validated by the trainer's own typed configs
+(`trainer.config.ModelConfig`, `TrainConfig`, built from exactly what the
+Trainer will receive), so an unknown variant or an impossible model setting
+is refused when the config is made, before any component runs. Nothing here
+imports TFX or TensorFlow; the runners parse flags into this object cheaply.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import os
 import re
 from typing import Any, Mapping, Optional
 
+from pipeline import schema_builder
 from preprocessing import features
 from preprocessing import typed_config
+from trainer import config as trainer_config
 
 # Kubeflow (and Vertex) require this form for pipeline names.
 PIPELINE_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
@@ -68,7 +74,8 @@ class PipelineConfig:
     train_steps / eval_steps: Trainer steps.
     batch_size: training batch size.
     hyperparameters: extra model/training settings for `trainer.tfx_trainer.run_fn`
-      (validated there by the trainer's typed config).
+      (fields of trainer.config.ModelConfig / TrainConfig; validated here
+      with the settings above, as the Trainer will read them).
     warm_start: initialise from the latest blessed (served) model.
     schema_path: the curated schema file imported by ImportSchemaGen.
     max_reject_fraction: the run stops when ingestion rejects more than this
@@ -170,6 +177,7 @@ class PipelineConfig:
       )
     if not isinstance(self.model, str) or not self.model:
       raise ConfigError("model must name a model variant")
+    self.trainer_configs()
     for name in ("warm_start", "enable_cache"):
       if not isinstance(getattr(self, name), bool):
         raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -200,6 +208,28 @@ class PipelineConfig:
     if not all(isinstance(a, str) for a in self.beam_pipeline_args):
       raise ConfigError("beam_pipeline_args must be strings")
 
+  def trainer_custom_config(self) -> dict[str, Any]:
+    """The Trainer's custom_config for `trainer.tfx_trainer.run_fn`."""
+    return {
+        **self.hyperparameters,
+        "model": self.model,
+        "max_seq_len": self.max_seq_len,
+        "batch_size": self.batch_size,
+        "seed": self.seed,
+    }
+
+  def trainer_configs(
+      self,
+  ) -> tuple[trainer_config.ModelConfig, trainer_config.TrainConfig]:
+    """The model and training configs the Trainer will build (its
+    custom_config plus the TrainArgs/EvalArgs steps); ConfigError if it
+    would refuse them."""
+    return trainer_config.split_flat_config({
+        **self.trainer_custom_config(),
+        "train_steps": self.train_steps,
+        "eval_steps": self.eval_steps,
+    })
+
   @property
   def resolved_metadata_path(self) -> str:
     return self.metadata_path or os.path.join(self.pipeline_root, "metadata.sqlite")
@@ -227,3 +257,21 @@ def parse_date(text: str) -> datetime.date:
 def span_of_date(day: datetime.date) -> int:
   """The TFX span number of a `{YYYY}{MM}{DD}` input: days since 1970-01-01."""
   return (day - datetime.date(1970, 1, 1)).days
+
+
+def check_schema_bound(config: PipelineConfig,
+                       schema_path: Optional[str] = None) -> None:
+  """The schema's history bound must be the configured max_seq_len.
+
+  Both runners call it before anything runs. `schema_path` is the file to
+  read, by default `config.schema_path`.
+  """
+  schema_path = schema_path or config.schema_path
+  bound = schema_builder.sequence_bound(schema_builder.load_schema(schema_path))
+  if bound != config.max_seq_len:
+    raise ConfigError(
+        f"max_seq_len {config.max_seq_len} differs from the schema's history "
+        f"bound {bound} ({schema_path}); generate a schema with "
+        f"`python -m pipeline.schema_builder --max_seq_len={config.max_seq_len} "
+        "--output=...` and pass --schema_path"
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from typing import Optional, Sequence
 
 from absl import app
@@ -118,18 +119,24 @@ def main(argv: Sequence[str]) -> Optional[int]:
   for name in ("pipeline_root", "data_root", "serving_model_dir", "image"):
     if not getattr(FLAGS, name):
       raise app.UsageError(f"--{name} is required")
-  config = configs.PipelineConfig(
-      pipeline_name=FLAGS.pipeline_name,
-      pipeline_root=FLAGS.pipeline_root,
-      data_root=FLAGS.data_root,
-      serving_model_dir=FLAGS.serving_model_dir,
-      model=FLAGS.model,
-      train_steps=FLAGS.train_steps,
-      max_seq_len=FLAGS.max_seq_len,
-      rolling_window_days=FLAGS.rolling_window_days,
-      schema_path=os.path.join(FLAGS.image_repo_root, "pipeline", "schema", "schema.pbtxt"),
-      beam_pipeline_args=tuple(FLAGS.beam_pipeline_args or configs.DEFAULT_BEAM_ARGS),
-  )
+  try:
+    config = configs.PipelineConfig(
+        pipeline_name=FLAGS.pipeline_name,
+        pipeline_root=FLAGS.pipeline_root,
+        data_root=FLAGS.data_root,
+        serving_model_dir=FLAGS.serving_model_dir,
+        model=FLAGS.model,
+        train_steps=FLAGS.train_steps,
+        max_seq_len=FLAGS.max_seq_len,
+        rolling_window_days=FLAGS.rolling_window_days,
+        schema_path=os.path.join(FLAGS.image_repo_root, "pipeline", "schema", "schema.pbtxt"),
+        beam_pipeline_args=tuple(FLAGS.beam_pipeline_args or configs.DEFAULT_BEAM_ARGS),
+    )
+    # The image holds this checked-in schema at --image_repo_root.
+    configs.check_schema_bound(config, configs.DEFAULT_SCHEMA_PATH)
+  except configs.ConfigError as error:
+    print(f"kubeflow_runner: error: {error}", file=sys.stderr)
+    return 1
   os.makedirs(FLAGS.output_dir, exist_ok=True)
   spec_file = os.path.join(FLAGS.output_dir, f"{config.pipeline_name}.json")
   compile_pipeline(config, FLAGS.image, spec_file)

@@ -108,20 +108,6 @@ def config_from_flags() -> configs.PipelineConfig:
   return configs.PipelineConfig.from_dict(values)
 
 
-def check_schema_bound(config: configs.PipelineConfig) -> None:
-  """The schema's history bound must be the configured max_seq_len."""
-  from pipeline import schema_builder  # pylint: disable=g-import-not-at-top
-
-  bound = schema_builder.sequence_bound(schema_builder.load_schema(config.schema_path))
-  if bound != config.max_seq_len:
-    raise configs.ConfigError(
-        f"max_seq_len {config.max_seq_len} differs from the schema's history "
-        f"bound {bound} ({config.schema_path}); generate a schema with "
-        f"`python -m pipeline.schema_builder --max_seq_len={config.max_seq_len} "
-        "--output=...` and pass --schema_path"
-    )
-
-
 def config_fingerprint(config: configs.PipelineConfig) -> str:
   """sha256 of every setting and of the schema file's content: runs with
   equal fingerprints ran the same thing (our code aside: after a code change,
@@ -211,7 +197,7 @@ def run(config: configs.PipelineConfig):
 
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
-  check_schema_bound(config)
+  configs.check_schema_bound(config)
   os.makedirs(os.path.dirname(config.resolved_metadata_path) or ".", exist_ok=True)
   metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(
       config.resolved_metadata_path
@@ -278,7 +264,7 @@ def main(argv: Sequence[str]) -> Optional[int]:
   environment.check_environment()
   try:
     config = config_from_flags()
-    check_schema_bound(config)
+    configs.check_schema_bound(config)
     check_writable(config)
   except configs.ConfigError as error:
     print(f"local_runner: error: {error}", file=sys.stderr)

@@ -133,17 +133,6 @@ def eval_config(config: configs.PipelineConfig):
   )
 
 
-def trainer_custom_config(config: configs.PipelineConfig) -> dict[str, Any]:
-  """Settings for `trainer.tfx_trainer.run_fn` (its typed config refuses unknown keys)."""
-  return {
-      **config.hyperparameters,
-      "model": config.model,
-      "max_seq_len": config.max_seq_len,
-      "batch_size": config.batch_size,
-      "seed": config.seed,
-  }
-
-
 # Raw log layout under data_root, per input format (daily files for spans).
 DAILY_PATTERN = "{YYYY}{MM}{DD}.csv"
 INPUT_PATTERNS: dict[str, dict[str, str]] = {
@@ -250,7 +239,7 @@ def create_pipeline(
       base_model=model_resolver.outputs["model"] if config.warm_start else None,
       train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
       eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
-      custom_config=trainer_custom_config(config),
+      custom_config=config.trainer_custom_config(),
   ).with_id(TRAINER)
   evaluator = tfx.components.Evaluator(
       examples=example_gen.outputs["examples"],

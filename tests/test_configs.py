@@ -1,12 +1,20 @@
-"""PipelineConfig: defaults, unknown keys refused, range checks, date spans."""
+"""PipelineConfig: defaults, unknown keys refused, range checks, date spans,
+the model settings checked by the trainer's configs, the schema bound."""
 
 import dataclasses
 import datetime
+import os
+import subprocess
+import sys
 
 import pytest
 
 from pipeline import configs
+from pipeline import schema_builder
 from preprocessing import features
+from trainer import config as trainer_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PATHS = dict(pipeline_root="/tmp/root", data_root="/tmp/data", serving_model_dir="/tmp/serving")
 
@@ -73,3 +81,64 @@ def test_span_of_date_counts_days_since_epoch():
   assert configs.span_of_date(datetime.date(1970, 2, 1)) == 31
   # 2024-01-01: 54 years with 13 leap days (1972..2020).
   assert configs.span_of_date(datetime.date(2024, 1, 1)) == 54 * 365 + 13
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"model": "etta"}, "unknown model variant 'etta'"),
+        ({"hyperparameters": {"top_k": 2000}}, r"top_k \(2000\) must be <= max_seq_len"),
+        ({"max_seq_len": 64, "hyperparameters": {"short_seq_len": 100}},
+         "short_seq_len"),
+        ({"hyperparameters": {"dropout": 1.5}}, "dropout"),
+        ({"hyperparameters": {"num_bits": 7}}, "num_bits"),
+        ({"hyperparameters": {"use_item_ids": False, "retrieval_embedding": "item"}},
+         "use_item_ids=False"),
+        ({"hyperparameters": {"learning_rate": 0.0}}, "learning_rate"),
+        ({"hyperparameters": {"embeding_dim": 8}}, r"unknown setting\(s\) \['embeding_dim'\]"),
+    ],
+)
+def test_model_settings_are_refused_when_the_config_is_made(changes, message):
+  """Before any component runs: the Trainer would refuse these after
+  ExampleGen and Transform had run."""
+  with pytest.raises(configs.ConfigError, match=message):
+    configs.PipelineConfig.from_dict({**PATHS, **changes})
+
+
+def test_trainer_configs_are_what_the_trainer_builds():
+  config = configs.PipelineConfig(
+      **PATHS, model="sdim", max_seq_len=512, batch_size=32, seed=4,
+      train_steps=7, eval_steps=3, hyperparameters={"embedding_dim": 16})
+  model_config, train_config = config.trainer_configs()
+  assert model_config == trainer_config.ModelConfig(
+      model="sdim", max_seq_len=512, seed=4, embedding_dim=16)
+  assert train_config == trainer_config.TrainConfig(
+      batch_size=32, train_steps=7, eval_steps=3)
+  assert config.trainer_custom_config() == {
+      "model": "sdim", "max_seq_len": 512, "batch_size": 32, "seed": 4,
+      "embedding_dim": 16}
+
+
+def test_schema_bound_is_checked(tmp_path):
+  configs.check_schema_bound(configs.PipelineConfig(**PATHS))
+  short = configs.PipelineConfig(**PATHS, max_seq_len=64)
+  with pytest.raises(configs.ConfigError, match="differs from the schema's history bound 1024"):
+    configs.check_schema_bound(short)
+  schema = tmp_path / "schema.pbtxt"
+  schema.write_text(schema_builder.schema_text(64))
+  configs.check_schema_bound(short, str(schema))
+  configs.check_schema_bound(short.replace(schema_path=str(schema)))
+
+
+def test_kubeflow_runner_refuses_a_max_seq_len_off_the_schema(tmp_path):
+  done = subprocess.run(
+      [sys.executable, "-m", "pipeline.kubeflow_runner", "--pipeline_root=gs://b/r",
+       "--data_root=gs://b/d", "--serving_model_dir=gs://b/s", "--image=i:1",
+       f"--output_dir={tmp_path}", "--max_seq_len=512"],
+      cwd=ROOT, capture_output=True, text=True, check=False,
+      env={**os.environ, "PYTHONPATH": ROOT})
+  assert done.returncode == 1, done.stderr
+  assert done.stderr.strip().splitlines()[-1].startswith(
+      "kubeflow_runner: error: max_seq_len 512 differs from the schema's history bound 1024")
+  assert not list(tmp_path.iterdir())  # nothing compiled
+
