@@ -10,6 +10,8 @@ initialised and exported; latency does not depend on the weights' values):
 * full_attention (exact target attention over all L, history projected
   once and shared by the N queries);
 * din (short-term branch only: no long-sequence work at all);
+* sam (SAM's memory passes over all L, the history embedded once for the N
+  candidates);
 * the floor: a bare XOR + popcount + top_k over the same N x L signatures
   (no transform, no embeddings, no attention), plain and under XLA;
 * what `rank` saves: the same N candidates sent to `serving_default` as N
@@ -77,6 +79,7 @@ MODELS = {
     "eta": ("eta", {}),
     "full_attention": ("full_attention", {}),
     "din": ("din", {}),
+    "sam": ("sam", {}),
     "eta_d64_h4": ("eta", {"embedding_dim": 64, "num_heads": 4, "head_dim": 32}),
     "full_attention_d64_h4": ("full_attention",
                               {"embedding_dim": 64, "num_heads": 4, "head_dim": 32}),
@@ -407,6 +410,7 @@ def plan(seq_lens: list[int], scratch: str) -> list[dict[str, Any]]:
         ("eta", RANK_WITHOUT_TABLE, "eta rank, traced without freezing (hashes per request)"),
         ("full_attention", "rank", "full_attention rank"),
         ("din", "rank", "din rank (short branch only)"),
+        ("sam", "rank", "sam rank (2 memory passes over all L)"),
         ("eta_d64_h4", "rank", "eta rank, d=64, 4 heads"),
         ("full_attention_d64_h4", "rank", "full_attention rank, d=64, 4 heads"),
     ):

@@ -70,7 +70,7 @@ _ABLATION = flags.DEFINE_list(
 )
 _VARIANTS = flags.DEFINE_list(
     "variants",
-    ["eta", "exact_topk", "full_attention", "sim_hard", "sdim", "avgpool", "din"],
+    ["eta", "exact_topk", "full_attention", "sim_hard", "sdim", "avgpool", "sam", "din"],
     "Variants of the quality part.",
 )
 _MOVIELENS = flags.DEFINE_bool("movielens", True, "Also run the quality part on MovieLens.")
@@ -80,8 +80,10 @@ _MOVIELENS_DIR = flags.DEFINE_string(
 _SPEED_LENGTHS = flags.DEFINE_list("speed_lengths", ["256", "1024", "4096", "10000"], "L values.")
 _SPEED_DIMS = flags.DEFINE_list("speed_dims", ["32", "64"], "Embedding dims d.")
 _SPEED_MODELS = flags.DEFINE_list(
-    "speed_models", ["eta", "exact_topk", "full_attention", "din"], "Variants timed."
+    "speed_models", ["eta", "exact_topk", "full_attention", "sam", "din"], "Variants timed."
 )
+_SPEED_XLA = flags.DEFINE_list(
+    "speed_xla", ["on", "off"], "XLA settings timed (on, off or both).")
 _SPEED_STEPS = flags.DEFINE_integer(
     "speed_steps", 10, "Timed steps per configuration at L <= 1024 (fewer above)."
 )
@@ -101,6 +103,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "before": {"long_statistics": False, "use_item_ids": True,
                "retrieval_embedding": "item", "embedding_dim": 32,
                "validation_days": 0, "train_steps": 500},
+    # Separate attention embeddings for retrieval / sam's scorer (DARE).
+    "decoupled": {"decoupled_attention": True},
 }
 SPEED_BATCH = 256
 SPEED_TOP_K = 64
@@ -300,7 +304,7 @@ def speed(work_dir: str) -> list[dict[str, Any]]:
   rows = []
   for length in (int(v) for v in _SPEED_LENGTHS.value):
     for d in (int(v) for v in _SPEED_DIMS.value):
-      for xla in (True, False):
+      for xla in (v == "on" for v in _SPEED_XLA.value):
         for model in _SPEED_MODELS.value:
           settings = {"model": model, "max_seq_len": length, "d": d, "xla": xla,
                       "steps": _SPEED_STEPS.value if length <= 1024

@@ -30,6 +30,7 @@ from preprocessing import transforms
 from trainer import config as config_lib
 from trainer.layers import history_statistics
 from trainer.layers import retrieval
+from trainer.layers import sam
 from trainer.layers import sdim
 from trainer.layers import simhash
 from trainer.layers import target_attention
@@ -64,12 +65,20 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     init_stddev: stddev of the N(0, s) initial rows.
     use_item_ids: embed item ids; False leaves them out of every vector.
     retrieval_embedding: "item" or "item_category" (`retrieval_vectors`).
+    attention_embedding_dim: None: one set of id tables serves everything.
+      An int: separate ATTENTION item/category tables of that width (DARE,
+      arXiv 2410.02604), which `retrieval_vectors` and `attention_query` /
+      `attention_keys` read (what decides which behaviours matter), while
+      `query`, `short_keys` and `keys` (what is pooled and reaches the head)
+      read the representation tables.
     **kwargs: standard Layer arguments.
 
   Shapes (any leading dims): `query(item, category)` [..., Dq] with Dq = 2d
   (d without item ids); `short_keys(history)` [..., Dq] (the same space,
   for DIN); `keys(history)` [..., Dq + 2 * side_dim];
-  `retrieval_vectors(item, category)` [..., d or 2d].
+  `retrieval_vectors(item, category)` [..., d or 2d] (d_att or 2 d_att when
+  decoupled); `attention_query` / `attention_keys` [..., Da] with Da = Dq,
+  or d_att per id table when decoupled.
   """
 
   def __init__(
@@ -79,6 +88,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
       init_stddev: float = 1.0,
       use_item_ids: bool = True,
       retrieval_embedding: str = "item",
+      attention_embedding_dim: Optional[int] = None,
       **kwargs,
   ):
     super().__init__(**kwargs)
@@ -98,6 +108,14 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
       )
     if not use_item_ids and retrieval_embedding == "item":
       raise ValueError("use_item_ids=False needs retrieval_embedding='item_category'.")
+    if attention_embedding_dim is not None and (
+        isinstance(attention_embedding_dim, bool)
+        or not isinstance(attention_embedding_dim, int) or attention_embedding_dim < 1):
+      raise ValueError(
+          f"attention_embedding_dim must be None or a positive int, got "
+          f"{attention_embedding_dim!r}."
+      )
+    self.attention_embedding_dim = attention_embedding_dim
     self.embedding_dim = embedding_dim
     self.side_embedding_dim = side_embedding_dim
     self.init_stddev = float(init_stddev)
@@ -125,9 +143,21 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     self.behavior_type_embedding = table(
         len(features.BEHAVIOR_TYPES) + 1, side_embedding_dim, "behavior_type_embedding"
     )
+    self.attention_item_embedding = None
+    self.attention_category_embedding = None
+    if attention_embedding_dim is not None:
+      if use_item_ids:
+        self.attention_item_embedding = table(
+            features.ITEM_ID.buckets, attention_embedding_dim, "attention_item_embedding"
+        )
+      self.attention_category_embedding = table(
+          features.CATEGORY_ID.buckets, attention_embedding_dim,
+          "attention_category_embedding",
+      )
 
   def build(self, input_shape=None):
-    for layer in self.id_tables() + [self.time_gap_embedding, self.behavior_type_embedding]:
+    for layer in (self.id_tables() + self.attention_tables()
+                  + [self.time_gap_embedding, self.behavior_type_embedding]):
       layer.build([None])
     super().build(input_shape)
 
@@ -135,9 +165,22 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     """The item (if used) and category tables."""
     return [t for t in (self.item_embedding, self.category_embedding) if t is not None]
 
+  def attention_tables(self) -> list[tf.keras.layers.Embedding]:
+    """The separate attention item (if used) and category tables, if any."""
+    return [t for t in (self.attention_item_embedding, self.attention_category_embedding)
+            if t is not None]
+
+  @property
+  def decoupled(self) -> bool:
+    return self.attention_embedding_dim is not None
+
   @property
   def query_width(self) -> int:
     return self.embedding_dim * len(self.id_tables())
+
+  @property
+  def key_width(self) -> int:
+    return self.query_width + 2 * self.side_embedding_dim
 
   def _ids(self, item: tf.Tensor, category: tf.Tensor) -> tf.Tensor:
     parts = [self.category_embedding(category)]
@@ -165,10 +208,28 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
     )
 
   def retrieval_vectors(self, item: tf.Tensor, category: tf.Tensor) -> tf.Tensor:
-    """What retrieval compares: item rows, or [item, category] rows."""
+    """What retrieval compares: item rows, or [item, category] rows (of the
+    attention tables when decoupled)."""
     if self.retrieval_embedding == "item":
-      return self.item_embedding(item)
-    return self._ids(item, category)
+      return self.retrieval_item_table()(item)
+    return self.attention_query(item, category)
+
+  def retrieval_item_table(self) -> tf.keras.layers.Embedding:
+    """The item table retrieval reads (eta's signature table hashes it)."""
+    return self.attention_item_embedding if self.decoupled else self.item_embedding
+
+  def attention_query(self, item: tf.Tensor, category: tf.Tensor) -> tf.Tensor:
+    """Candidate slots [...] -> [..., Da]: what a scorer compares (sam)."""
+    if not self.decoupled:
+      return self._ids(item, category)
+    parts = [self.attention_category_embedding(category)]
+    if self.attention_item_embedding is not None:
+      parts.insert(0, self.attention_item_embedding(item))
+    return tf.concat(parts, axis=-1)
+
+  def attention_keys(self, history: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """History ids [..., n] -> [..., n, Da] in `attention_query`'s space."""
+    return self.attention_query(history[_HIST_ITEMS], history[_HIST_CATEGORIES])
 
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()
@@ -178,6 +239,7 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
         "init_stddev": self.init_stddev,
         "use_item_ids": self.use_item_ids,
         "retrieval_embedding": self.retrieval_embedding,
+        "attention_embedding_dim": self.attention_embedding_dim,
     })
     return config
 
@@ -402,7 +464,7 @@ class EtaBranch(_SelectingBranch):
 
   def signature_table(self) -> tf.Tensor:
     """int64 [ITEM_ID.buckets, W]: the signature of every item slot."""
-    return self.simhash(self.embeddings.item_embedding.embeddings)
+    return self.simhash(self.embeddings.retrieval_item_table().embeddings)
 
   def freeze(self) -> None:
     if self.uses_item_table:
@@ -417,7 +479,7 @@ class EtaBranch(_SelectingBranch):
     if self._table is not None:
       return tf.gather(self._table, item)
     if self.uses_item_table:
-      table = self.embeddings.item_embedding
+      table = self.embeddings.retrieval_item_table()
       rows = rows_in_use(item, table.input_dim)
       hashed = self.simhash(tf.stop_gradient(table(rows)))
       lookup = tf.scatter_nd(
@@ -644,6 +706,56 @@ class SdimBranch(LongBranch):
     return config
 
 
+@tf.keras.utils.register_keras_serializable(package="eta")
+class SamBranch(LongBranch):
+  """SAM (trainer/layers/sam.py) over all L behaviours.
+
+  The scorer compares the candidate and the memory with the behaviours in
+  the attention space (`FeatureEmbeddings.attention_query/keys`: the query
+  space, or the attention tables when decoupled); the passes read the full
+  behaviour keys (ids and side features) as values. The shared path embeds
+  the one history once and scores the N candidates over it.
+
+  Args:
+    sequence_length: max_seq_len (the position projections' rows).
+    num_passes / scorer_units / projection_units / mode: see
+      sam.SparseAttentiveMemory.
+    (others: see LongBranch)
+  """
+
+  def __init__(self, sequence_length: int = features.DEFAULT_MAX_SEQ_LEN,
+               num_passes: int = 2, scorer_units: int = 8, projection_units: int = 16,
+               mode: str = "iter", **kwargs):
+    super().__init__(**kwargs)
+    self.memory = sam.SparseAttentiveMemory(
+        sequence_length=sequence_length, num_passes=num_passes, scorer_units=scorer_units,
+        projection_units=projection_units, mode=mode, value_dim=self.embeddings.key_width,
+        name="sam",
+    )
+
+  def interest(self, candidates, history, mask, training):
+    def remember(query, keys, values, mask):
+      return self.memory(query, keys, values, mask, training=training)
+
+    return self._jit(f"sam_{bool(training)}", remember)(
+        self.embeddings.attention_query(candidates[_ITEM], candidates[_CATEGORY]),
+        self.embeddings.attention_keys(history), self.embeddings.keys(history), mask,
+    )
+
+  def interest_shared(self, candidates, history, mask):
+    return self.memory.shared(
+        self.embeddings.attention_query(candidates[_ITEM], candidates[_CATEGORY]),
+        self.embeddings.attention_keys(history), self.embeddings.keys(history), mask,
+    )
+
+  def get_config(self) -> dict[str, Any]:
+    config = super().get_config()
+    memory = self.memory.get_config()
+    config.update({name: memory[name] for name in (
+        "sequence_length", "num_passes", "scorer_units", "projection_units", "mode")})
+    return config
+
+
 def build_branch(
     model_config: config_lib.ModelConfig, embeddings: FeatureEmbeddings
 ) -> Optional[LongBranch]:
@@ -668,4 +780,8 @@ def build_branch(
     return cls(**attention, **common)
   if cls is SdimBranch:
     return cls(num_bits=c.sdim_num_bits, tau=c.sdim_tau, seed=c.seed, **common)
+  if cls is SamBranch:
+    return cls(sequence_length=c.max_seq_len, num_passes=c.sam_num_passes,
+               scorer_units=c.sam_scorer_units, projection_units=c.sam_projection_units,
+               mode=c.sam_mode, **common)
   return cls(**common)

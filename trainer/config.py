@@ -54,6 +54,10 @@ VARIANT_REGISTRY: dict[str, VariantSpec] = {
         "SdimBranch", False, "SDIM hash-bucket aggregation of all L",
     ),
     "avgpool": VariantSpec("AvgPoolBranch", False, "masked mean of all L behaviours"),
+    "sam": VariantSpec(
+        "SamBranch", False,
+        "SAM: T passes of point-wise dual-query attention over all L with a GRU memory",
+    ),
     "din": VariantSpec(None, False, "none: the short DIN branch only (baseline)"),
 }
 VARIANTS: tuple[str, ...] = tuple(VARIANT_REGISTRY)
@@ -64,6 +68,11 @@ TOP_K_VARIANTS: tuple[str, ...] = tuple(
 # What SimHash (eta) and the exact dot product (exact_topk) compare.
 RETRIEVAL_EMBEDDINGS: tuple[str, ...] = ("item", "item_category")
 ETA_NUM_BITS: tuple[int, ...] = (16, 32, 48, 64, 128)
+# SAM's second query: the updated memory (paper) or the candidate (released code).
+SAM_MODES: tuple[str, ...] = ("iter", "stk")
+# Variants with a retrieval or scorer step that can read separate attention
+# embeddings (`decoupled_attention`).
+ATTENTION_EMBEDDING_VARIANTS: tuple[str, ...] = ("eta", "exact_topk", "sam")
 
 
 _ConfigT = TypeVar("_ConfigT")
@@ -147,6 +156,22 @@ class ModelConfig:
     seed: seed of the SimHash projections and of weight initialisation.
     jit_compile: run retrieval and attention under XLA when training
       (exported serving functions never use XLA: TF Serving disables it).
+    sam_num_passes: SAM's memory passes T (released configs: 2 and 3).
+    sam_scorer_units: hidden width of SAM's per-pass scorer MLP (paper: 8).
+    sam_projection_units: width of SAM's per-pass projection of its weight
+      vector (paper: 16).
+    sam_mode: "iter" (the updated memory is the second query, the paper) or
+      "stk" (the candidate stays the second query, the released code).
+    decoupled_attention: separate attention embeddings (DARE, arXiv
+      2410.02604) for what decides WHICH behaviours matter (eta's SimHash,
+      exact_topk's dot product, sam's scorer), while the representation
+      embeddings feed attention values and the head; only for
+      ATTENTION_EMBEDDING_VARIANTS. sam's scorer trains its attention
+      tables; eta's and exact_topk's retrieval has no gradient (sign, top-k),
+      so theirs keep their initial N(0, s) rows (an exact id still matches
+      itself; neighbours are random).
+    attention_embedding_dim: width of the attention item and category
+      tables when decoupled_attention is set.
   """
 
   model: str = "eta"
@@ -172,6 +197,12 @@ class ModelConfig:
   sdim_tau: int = 3
   seed: int = 0
   jit_compile: bool = True
+  sam_num_passes: int = 2
+  sam_scorer_units: int = 8
+  sam_projection_units: int = 16
+  sam_mode: str = "iter"
+  decoupled_attention: bool = False
+  attention_embedding_dim: int = 8
 
   def __post_init__(self) -> None:
     if self.model not in VARIANTS:
@@ -228,6 +259,21 @@ class ModelConfig:
     _check_int(self, "seed", 0, 2**31 - 1)
     if not isinstance(self.jit_compile, bool):
       raise ConfigError(f"jit_compile must be a bool, got {self.jit_compile!r}")
+    _check_int(self, "sam_num_passes", 1, 16)
+    _check_int(self, "sam_scorer_units", 1)
+    _check_int(self, "sam_projection_units", 1)
+    if self.sam_mode not in SAM_MODES:
+      raise ConfigError(f"sam_mode must be one of {SAM_MODES}, got {self.sam_mode!r}")
+    if not isinstance(self.decoupled_attention, bool):
+      raise ConfigError(
+          f"decoupled_attention must be a bool, got {self.decoupled_attention!r}"
+      )
+    _check_int(self, "attention_embedding_dim", 1)
+    if self.decoupled_attention and self.model not in ATTENTION_EMBEDDING_VARIANTS:
+      raise ConfigError(
+          f"decoupled_attention needs one of {ATTENTION_EMBEDDING_VARIANTS} (nothing "
+          f"in {self.model} would read the attention embeddings)"
+      )
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":

@@ -88,7 +88,9 @@ class EtaModel(tfrs.models.Model):
     self.feature_embeddings = branches.FeatureEmbeddings(
         embedding_dim=c.embedding_dim, side_embedding_dim=c.side_embedding_dim,
         init_stddev=c.embedding_init_stddev, use_item_ids=c.use_item_ids,
-        retrieval_embedding=c.retrieval_embedding, name="feature_embeddings",
+        retrieval_embedding=c.retrieval_embedding,
+        attention_embedding_dim=c.attention_embedding_dim if c.decoupled_attention else None,
+        name="feature_embeddings",
     )
     self.long_branch = branches.build_branch(c, self.feature_embeddings)
     self.short_attention = din_attention.DinAttention(

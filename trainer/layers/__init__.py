@@ -9,6 +9,7 @@ shadow the submodule of the same name.
 
 from trainer.layers.din_attention import DinAttention
 from trainer.layers.retrieval import HammingTopK
+from trainer.layers.sam import SparseAttentiveMemory
 from trainer.layers.sdim import SdimAggregation
 from trainer.layers.simhash import SimHash
 from trainer.layers.target_attention import MultiHeadTargetAttention
@@ -18,5 +19,6 @@ __all__ = [
     "HammingTopK",
     "MultiHeadTargetAttention",
     "SdimAggregation",
+    "SparseAttentiveMemory",
     "SimHash",
 ]
