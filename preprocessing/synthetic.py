@@ -540,6 +540,26 @@ def generate(config: SyntheticConfig,
   )
 
 
+def item_latents(config: SyntheticConfig) -> dict[str, np.ndarray]:
+  """The catalogue's latent state, by raw item id, that `generate` draws.
+
+  The world is the generator's first draw from `config.seed`, so it is
+  recomputed here exactly (nothing else is drawn). For benchmarks that ask
+  what a model could reach if it knew the latent state; no model reads it.
+
+  Returns:
+    `item_id` (raw ids as written to the logs), `cluster` (its latent
+    cluster index) and `log_popularity` (the N(0, 1) log popularity the
+    click model uses), int64 / int64 / float64 [items].
+  """
+  world = _make_world(config, np.random.default_rng(config.seed))
+  return {
+      "item_id": world.item_raw_id.astype(np.int64),
+      "cluster": world.item_cluster.astype(np.int64),
+      "log_popularity": world.item_log_popularity,
+  }
+
+
 def _day_name(day_start: int) -> str:
   return datetime.datetime.fromtimestamp(
       day_start, tz=datetime.timezone.utc).strftime("%Y%m%d")

@@ -351,3 +351,35 @@ def test_whole_history_features_beat_the_last_50_and_the_oracle_beats_both(
   oracle = json.loads((tmp_path / "oracle.json").read_text())["oracle_auc_eval"]
   assert auc["whole"] > auc["short"] + 0.03, auc
   assert oracle > auc["whole"] + 0.02, (auc, oracle)
+
+
+def test_item_latents_are_the_world_of_the_generated_logs(tiny):
+  config, out = tiny
+  latents = synthetic.item_latents(config)
+  rows = pd.concat([_behaviors(out), _impressions(out)], ignore_index=True)
+  cluster_of = dict(zip(latents["item_id"].tolist(), latents["cluster"].tolist()))
+  assert set(rows["item_id"]) <= set(cluster_of)
+  rows["cluster"] = rows["item_id"].map(cluster_of)
+  # Clusters lie inside categories, as the generator builds them.
+  assert (rows.groupby("cluster")["category_id"].nunique() == 1).all()
+  # Behaviours pick items by popularity within a cluster.
+  popularity = dict(zip(latents["item_id"].tolist(), latents["log_popularity"].tolist()))
+  seen = _behaviors(out)["item_id"].value_counts()
+  assert np.corrcoef(np.log(seen.to_numpy()),
+                     [popularity[i] for i in seen.index])[0, 1] > 0.2
+
+
+def test_signal_study_cluster_counts_lie_between_item_and_category(tiny):
+  config, out = tiny
+  study = _load_study()
+  logs = study.read_logs(str(out))
+  whole = study.build_features(logs.behaviors, logs.impressions, short_len=10)
+  latent = study.latent_features(logs.behaviors, logs.impressions,
+                                 synthetic.item_latents(config), short_len=10)
+  assert set(latent) == set(study.LATENT_FEATURES)
+  for window in ("short", "whole"):
+    cluster = latent[f"{window}_cluster_count"]
+    assert np.all(whole[f"{window}_item_count"] <= cluster)
+    assert np.all(cluster <= whole[f"{window}_category_count"])
+  assert np.any(latent["whole_cluster_count"] < whole["whole_category_count"])
+  assert np.all(latent["whole_cluster_log_gap"] >= whole["whole_category_log_gap"])
