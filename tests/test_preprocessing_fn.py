@@ -10,19 +10,10 @@ import tensorflow as tf
 from pipeline import schema_builder
 from preprocessing import features
 from preprocessing import preprocessing_fn as pfn
+from tests.hashing_reference import reference_slot
 
 MAX_SEQ_LEN = 4
 T = 1_700_000_000
-
-
-def _slot(raw_id, buckets):
-  # The hashing rule of the contract (splitmix64), evaluated id by id.
-  mask = (1 << 64) - 1
-  z = (int(raw_id) + 0x9E3779B97F4A7C15) & mask
-  z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-  z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-  z ^= z >> 31
-  return 1 + ((z >> 33) * (buckets - 1) >> 31)
 
 
 def _examples():
@@ -67,10 +58,10 @@ def transformed():
 
 def test_sequences_are_truncated_and_left_padded(transformed):
   first, second, empty = transformed
-  assert list(first["hist_item_ids"]) == [_slot(i, features.ITEM_ID.buckets) for i in (2, 3, 4, 5)]
+  assert list(first["hist_item_ids"]) == [reference_slot(i, features.ITEM_ID.buckets) for i in (2, 3, 4, 5)]
   assert list(first["hist_category_ids"]) == [
-      _slot(c, features.CATEGORY_ID.buckets) for c in (12, 13, 14, 15)]
-  assert list(second["hist_item_ids"]) == [0, 0] + [_slot(i, features.ITEM_ID.buckets) for i in (9, 10)]
+      reference_slot(c, features.CATEGORY_ID.buckets) for c in (12, 13, 14, 15)]
+  assert list(second["hist_item_ids"]) == [0, 0] + [reference_slot(i, features.ITEM_ID.buckets) for i in (9, 10)]
   assert list(empty["hist_item_ids"]) == [0, 0, 0, 0]
   assert [r["hist_length"] for r in transformed] == [4, 2, 0]
 
@@ -85,7 +76,7 @@ def test_time_gaps_types_and_scalars(transformed):
   assert list(second["hist_time_gap_buckets"]) == [0, 0, 2, 1]
   assert list(empty["hist_behavior_types"]) == [0, 0, 0, 0]
   assert [r["item_id"] for r in transformed] == [
-      _slot(i, features.ITEM_ID.buckets) for i in (100, 200, 300)]
+      reference_slot(i, features.ITEM_ID.buckets) for i in (100, 200, 300)]
   assert [r["user_id"] for r in transformed] == [7, 8, 9]
   assert [r["label"] for r in transformed] == [1, 0, 0]
 

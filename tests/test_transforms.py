@@ -6,19 +6,10 @@ import tensorflow as tf
 
 from preprocessing import features
 from preprocessing import transforms
+from tests.hashing_reference import reference_slot
 
 ITEM_BUCKETS = features.ITEM_ID.buckets
 CATEGORY_BUCKETS = features.CATEGORY_ID.buckets
-
-
-def reference_slot(raw_id, buckets):
-  """One id at a time, through the documented formula (splitmix64 in Python ints)."""
-  mask = (1 << 64) - 1
-  z = (int(raw_id) + 0x9E3779B97F4A7C15) & mask
-  z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-  z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-  z ^= z >> 31
-  return 1 + ((z >> 33) * (buckets - 1) >> 31)
 
 
 def reference_gap_bucket(gap):
