@@ -24,6 +24,9 @@ from absl import app
 from absl import flags
 
 from pipeline import configs
+from pipeline import pipeline as pipeline_lib
+from preprocessing import environment
+from preprocessing import flag_parsing
 
 # KFP schedules use 6-field cron expressions (seconds first, robfig/cron).
 DEFAULT_KFP_CRON = "0 0 3 * * *"
@@ -72,9 +75,9 @@ def compile_pipeline(
     config: configs.PipelineConfig, image: str, output_file: str
 ) -> dict:
   """Compiles `create_pipeline(config)` to a KFP v2 pipeline spec; returns it."""
+  # TFX loads here, not at import (about 15 s): --help and config errors
+  # answer at once.
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
-
-  from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
 
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
       config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
@@ -113,8 +116,6 @@ def recurring_run(
 
 def main(argv: Sequence[str]) -> Optional[int]:
   del argv
-  from preprocessing import environment  # pylint: disable=g-import-not-at-top
-
   environment.check_environment()
   for name in ("pipeline_root", "data_root", "serving_model_dir", "image"):
     if not getattr(FLAGS, name):
@@ -150,4 +151,4 @@ def main(argv: Sequence[str]) -> Optional[int]:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse_flags)

@@ -7,12 +7,11 @@ DirectRunner in multi-processing mode.
 At the end it prints where the model was pushed (or why it was not) and its
 metrics against the baseline, read from ML Metadata and the Evaluator's
 output. An interrupted run resumes from the components that completed.
-Rerunning a date is idempotent: before running, the runner looks in ML
-Metadata for a run with the same settings (a fingerprint of the
-PipelineConfig, recorded on each run's context) over the same input (the
-span and input fingerprint TFX's ExampleGen driver would compute now) whose
-Pusher completed; if there is one it prints that run's outcome (where it
-pushed, or why not) and exits with the same status without running.
+Rerunning a date is idempotent (pipeline/rerun_guard.py): before running,
+the runner looks in ML Metadata for a run with the same settings over the
+same input whose Pusher completed; if there is one it prints that run's
+outcome (where it pushed, or why not) and exits with the same status without
+running.
 `--force_rerun` runs anyway: the data half (ExampleGen .. Transform) is then
 reused from the cache (no duplicated span) and the Trainer trains again,
 warm-started from the model that run pushed, because that changed its input.
@@ -26,7 +25,10 @@ Exit status: 0 pushed, 3 not pushed (blocked by a gate), 1 other errors.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 from absl import app
@@ -34,7 +36,10 @@ from absl import flags
 
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
+from pipeline import rerun_guard
 from pipeline import run_report
+from preprocessing import environment
+from preprocessing import flag_parsing
 
 FLAGS = flags.FLAGS
 
@@ -74,8 +79,6 @@ EXIT_NOT_PUSHED = 3
 
 
 def config_from_flags() -> configs.PipelineConfig:
-  import json  # pylint: disable=g-import-not-at-top
-
   for name in ("data_root", "pipeline_root", "serving_model_dir"):
     if not getattr(FLAGS, name):
       raise app.UsageError(f"--{name} is required")
@@ -108,93 +111,10 @@ def config_from_flags() -> configs.PipelineConfig:
   return configs.PipelineConfig.from_dict(values)
 
 
-def config_fingerprint(config: configs.PipelineConfig) -> str:
-  """sha256 of every setting and of the schema file's content: runs with
-  equal fingerprints ran the same thing (our code aside: after a code change,
-  rerun with --force_rerun)."""
-  import hashlib  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  digest = hashlib.sha256(
-      json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode()
-  )
-  with tf.io.gfile.GFile(config.schema_path, "rb") as f:
-    digest.update(f.read())
-  return digest.hexdigest()
-
-
-def input_span_and_fingerprint(config: configs.PipelineConfig) -> tuple[int, str]:
-  """The span a run of `config` reads and its input fingerprint, computed as
-  TFX's ExampleGen driver does (file names, sizes and mtimes of the span).
-
-  Raises:
-    ValueError: no input file for the span (TFX's message).
-  """
-  from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
-  from tfx.components.example_gen import utils as example_gen_utils  # pylint: disable=g-import-not-at-top
-  from tfx.proto import example_gen_pb2  # pylint: disable=g-import-not-at-top
-  from tfx.proto import range_config_pb2  # pylint: disable=g-import-not-at-top
-
-  properties = pipeline_lib.example_gen_component(config).exec_properties
-  input_config = json_format.Parse(properties["input_config"], example_gen_pb2.Input())
-  range_config = None
-  if properties.get("range_config"):
-    range_config = json_format.Parse(
-        properties["range_config"], range_config_pb2.RangeConfig()
-    )
-  fingerprint, span, _ = example_gen_utils.calculate_splits_fingerprint_span_and_version(
-      properties["input_base"], input_config.splits, range_config
-  )
-  return span, fingerprint
-
-
-def completed_run(config: configs.PipelineConfig) -> Optional[str]:
-  """The id of a run of `config` over the current input whose Pusher
-  completed (see `run_report.find_completed_run`), or None."""
-  import os  # pylint: disable=g-import-not-at-top
-
-  if not os.path.exists(config.resolved_metadata_path):
-    return None
-  try:
-    span, fingerprint = input_span_and_fingerprint(config)
-  except ValueError:
-    # No input for the span: nothing can match; the run reports the error.
-    return None
-  return run_report.find_completed_run(
-      run_report.connect(config.resolved_metadata_path), config.pipeline_name,
-      config_fingerprint(config), span, fingerprint,
-  )
-
-
-def _writable_store(config: configs.PipelineConfig):
-  from ml_metadata import metadata_store  # pylint: disable=g-import-not-at-top
-  from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
-
-  connection = metadata_store_pb2.ConnectionConfig()
-  connection.sqlite.filename_uri = config.resolved_metadata_path
-  return metadata_store.MetadataStore(connection)
-
-
-def tag_new_run(config: configs.PipelineConfig, earlier_run_ids: Sequence[str]) -> None:
-  """Records the config fingerprint on the run LocalDagRunner just made (none
-  when it failed before starting one)."""
-  store = _writable_store(config)
-  ids = run_report.run_ids(store)
-  if not ids or ids[-1] in earlier_run_ids:
-    return
-  context = store.get_context_by_type_and_name("pipeline_run", ids[-1])
-  context.custom_properties[run_report.CONFIG_FINGERPRINT_PROPERTY].string_value = (
-      config_fingerprint(config)
-  )
-  store.put_contexts([context])
-
-
 def run(config: configs.PipelineConfig):
   """Runs the pipeline once; returns (run report, error or None)."""
-  import os  # pylint: disable=g-import-not-at-top
-
+  # TFX loads here, not at import (about 15 s): --help and config errors
+  # answer at once.
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
   configs.check_schema_bound(config)
@@ -202,7 +122,7 @@ def run(config: configs.PipelineConfig):
   metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(
       config.resolved_metadata_path
   )
-  earlier_run_ids = run_report.run_ids(_writable_store(config))
+  earlier_run_ids = run_report.run_ids(rerun_guard.writable_store(config))
   error = None
   try:
     tfx.orchestration.LocalDagRunner().run(
@@ -212,8 +132,8 @@ def run(config: configs.PipelineConfig):
     # A failed component (the data gate, a crash) ends the run; the report
     # below says which and MLMD keeps what completed for the next run.
     error = e
-  tag_new_run(config, earlier_run_ids)
-  if error is not None and not run_report.run_ids(_writable_store(config)):
+  rerun_guard.tag_new_run(config, earlier_run_ids)
+  if error is not None and not run_report.run_ids(rerun_guard.writable_store(config)):
     return None, error  # failed before TFX recorded a run
   report = run_report.report(
       config.resolved_metadata_path, config.pipeline_name,
@@ -225,9 +145,6 @@ def run(config: configs.PipelineConfig):
 def check_writable(config: configs.PipelineConfig) -> None:
   """Local output directories must be writable before any component runs
   (a read-only pipeline_root used to fail deep inside TFX)."""
-  import os  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-
   for name, path in (
       ("pipeline_root", config.pipeline_root),
       ("metadata_path", os.path.dirname(config.resolved_metadata_path) or "."),
@@ -259,8 +176,6 @@ def exit_status(report, error) -> int:
 
 def main(argv: Sequence[str]) -> Optional[int]:
   del argv
-  from preprocessing import environment  # pylint: disable=g-import-not-at-top
-
   environment.check_environment()
   try:
     config = config_from_flags()
@@ -271,7 +186,7 @@ def main(argv: Sequence[str]) -> Optional[int]:
     return 1
   print("pipeline config:", {k: v for k, v in dataclasses.asdict(config).items()})
   if not FLAGS.force_rerun:
-    previous = completed_run(config)
+    previous = rerun_guard.completed_run(config)
     if previous is not None:
       report = run_report.report(
           config.resolved_metadata_path, config.pipeline_name, previous
@@ -291,16 +206,6 @@ def main(argv: Sequence[str]) -> Optional[int]:
   return exit_status(report, error)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, except that --help exits 0 (absl exits 1)."""
-  try:
-    return FLAGS(argv)
-  except SystemExit as done:
-    if done.code == 1 and any(a in ("--help", "-h", "-?", "--helpfull", "--helpshort") for a in argv[1:]):
-      sys.exit(0)
-    raise
-
-
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=flag_parsing.parse_flags)

@@ -24,8 +24,9 @@ step_builder), so the local runner makes reruns idempotent instead: before runni
 it looks in ML Metadata for a run with the same settings and the same span
 and input fingerprint whose Pusher completed, prints that run's outcome and
 exits with its status (`--force_rerun` runs anyway); see
-pipeline/local_runner.py. Module functions are named by dotted path, so
-this module imports no trainer code.
+pipeline/rerun_guard.py. Module functions are named by dotted path, so
+this module imports no trainer code (the config validates the model
+settings with `trainer.config`, which imports no TensorFlow).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ INPUT_PATTERNS: dict[str, dict[str, str]] = {
 
 
 def example_gen_component(config: configs.PipelineConfig):
-  """The ingestion ExampleGen of `config` (the local runner reads its input
+  """The ingestion ExampleGen of `config` (the rerun guard reads its input
   settings to fingerprint a date's input before running)."""
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 

@@ -34,66 +34,68 @@ from absl import logging
 
 from preprocessing import environment
 from preprocessing import features
+from preprocessing import flag_parsing
 from preprocessing import raw_logs
+
+FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   # Defined only when run as a program, so that other modules (tests,
   # other entry points) can import this one: absl flags are global.
-  global _INPUT, _INPUT_FORMAT, _BEHAVIOR_LOG, _MOVIES, _FILE_TYPE, _OUTPUT_DIR, _MAX_SEQ_LEN, _NEG_PER_POS, _MIN_HISTORY, _EVAL_DAYS, _SEED, _CHUNK_SECONDS, _MAX_TIMESTAMP, _OVERWRITE, _ALLOW_EMPTY_SPLIT, _MIN_VOLUME_RATIO
-  _INPUT = flags.DEFINE_list(
+  flags.DEFINE_list(
       "input", None,
       "Glob(s) of the main input: the behaviour log (behavior), the impression "
       "log (impressions) or ratings.csv (movielens). CSV or Parquet; .gz is "
       "decompressed.",
   )
-  _INPUT_FORMAT = flags.DEFINE_enum(
+  flags.DEFINE_enum(
       "input_format", None, list(raw_logs.INPUT_FORMATS), "Format of --input."
   )
-  _BEHAVIOR_LOG = flags.DEFINE_list(
+  flags.DEFINE_list(
       "behavior_log", None,
       "Glob(s) of the behaviour log for the histories (impressions only).",
   )
-  _MOVIES = flags.DEFINE_list(
+  flags.DEFINE_list(
       "movies", None,
       "Glob(s) of movies.csv (movielens only); default: movies.csv in the "
       "directory of the first --input glob.",
   )
-  _FILE_TYPE = flags.DEFINE_enum(
+  flags.DEFINE_enum(
       "file_type", "auto", ["auto", "csv", "parquet"],
       "Input file type; auto: Parquet iff every glob ends in .parquet.",
   )
-  _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory.")
-  _MAX_SEQ_LEN = flags.DEFINE_integer(
+  flags.DEFINE_string("output_dir", None, "Output directory.")
+  flags.DEFINE_integer(
       "max_seq_len", features.DEFAULT_MAX_SEQ_LEN,
       "History length kept (most recent behaviours).",
   )
-  _NEG_PER_POS = flags.DEFINE_integer(
+  flags.DEFINE_integer(
       "neg_per_pos", 1, "Negatives sampled per positive (behavior only)."
   )
-  _MIN_HISTORY = flags.DEFINE_integer(
+  flags.DEFINE_integer(
       "min_history", 1, "Skip impressions with fewer earlier behaviours."
   )
-  _EVAL_DAYS = flags.DEFINE_integer(
+  flags.DEFINE_integer(
       "eval_days", 1, "The last this many UTC days of impressions are eval."
   )
-  _SEED = flags.DEFINE_integer("seed", 0, "Negative sampling seed.")
-  _CHUNK_SECONDS = flags.DEFINE_integer(
+  flags.DEFINE_integer("seed", 0, "Negative sampling seed.")
+  flags.DEFINE_integer(
       "chunk_seconds", 86_400,
       "Time chunk of the (user, chunk) keys that spread a heavy user's work.",
   )
-  _MAX_TIMESTAMP = flags.DEFINE_integer(
+  flags.DEFINE_integer(
       "max_timestamp", None,
       "Latest valid timestamp (Unix seconds); default: one day after now.",
   )
-  _OVERWRITE = flags.DEFINE_bool(
+  flags.DEFINE_bool(
       "overwrite", False,
       "Replace a non-empty --output_dir whole (otherwise it is refused).",
   )
-  _ALLOW_EMPTY_SPLIT = flags.DEFINE_bool(
+  flags.DEFINE_bool(
       "allow_empty_split", False,
       "Succeed even with no train or no eval examples (otherwise an error).",
   )
-  _MIN_VOLUME_RATIO = flags.DEFINE_float(
+  flags.DEFINE_float(
       "min_volume_ratio", 0.0,
       "Fail when an eval day's behaviours, impressions or examples fall below "
       "this fraction of the median of the earlier days (0: no check).",
@@ -105,29 +107,30 @@ def _default_movies(input_globs: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str]) -> Optional[int]:
   environment.check_environment()
+  # Beam loads here, not at import: --help and a flag mistake answer at once.
   from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
 
-  for flag in (_INPUT, _INPUT_FORMAT, _OUTPUT_DIR):
-    if flag.value is None:
-      raise app.UsageError(f"--{flag.name} is required")
+  for name in ("input", "input_format", "output_dir"):
+    if getattr(FLAGS, name) is None:
+      raise app.UsageError(f"--{name} is required")
   movies: Optional[list[str]] = None
-  if _INPUT_FORMAT.value == "movielens":
-    movies = _MOVIES.value or _default_movies(_INPUT.value)
+  if FLAGS.input_format == "movielens":
+    movies = FLAGS.movies or _default_movies(FLAGS.input)
   try:
     config = ingestion.IngestionConfig(
-        input_format=_INPUT_FORMAT.value,
-        input_patterns=tuple(_INPUT.value),
-        behavior_patterns=tuple(_BEHAVIOR_LOG.value or ()),
+        input_format=FLAGS.input_format,
+        input_patterns=tuple(FLAGS.input),
+        behavior_patterns=tuple(FLAGS.behavior_log or ()),
         movies_patterns=tuple(movies or ()),
-        file_type=_FILE_TYPE.value,
-        max_seq_len=_MAX_SEQ_LEN.value,
-        min_history=_MIN_HISTORY.value,
-        eval_days=_EVAL_DAYS.value,
-        chunk_seconds=_CHUNK_SECONDS.value,
-        neg_per_pos=_NEG_PER_POS.value,
-        seed=_SEED.value,
-        max_timestamp=_MAX_TIMESTAMP.value,
-        min_volume_ratio=_MIN_VOLUME_RATIO.value,
+        file_type=FLAGS.file_type,
+        max_seq_len=FLAGS.max_seq_len,
+        min_history=FLAGS.min_history,
+        eval_days=FLAGS.eval_days,
+        chunk_seconds=FLAGS.chunk_seconds,
+        neg_per_pos=FLAGS.neg_per_pos,
+        seed=FLAGS.seed,
+        max_timestamp=FLAGS.max_timestamp,
+        min_volume_ratio=FLAGS.min_volume_ratio,
     )
   except (ValueError, TypeError) as error:
     print(f"build_examples: error: {error}", file=sys.stderr)
@@ -136,8 +139,8 @@ def main(argv: Sequence[str]) -> Optional[int]:
   logging.info("Beam args: %s", beam_args)
   try:
     summary = ingestion.run(
-        config, _OUTPUT_DIR.value, beam_args, overwrite=_OVERWRITE.value,
-        allow_empty_split=_ALLOW_EMPTY_SPLIT.value,
+        config, FLAGS.output_dir, beam_args, overwrite=FLAGS.overwrite,
+        allow_empty_split=FLAGS.allow_empty_split,
     )
   except ingestion.IngestionError as error:
     # A glob matching nothing, an occupied or unwritable output_dir, a
@@ -148,17 +151,6 @@ def main(argv: Sequence[str]) -> Optional[int]:
   return 0
 
 
-def _parse_known_flags(argv: list[str]) -> list[str]:
-  """Parses this binary's flags; the rest (Beam's) stay in argv. --help
-  exits 0 (absl's exits 1)."""
-  try:
-    return flags.FLAGS(argv, known_only=True)
-  except SystemExit as done:
-    if done.code == 1 and any(a in ("--help", "-h", "-?", "--helpfull", "--helpshort") for a in argv[1:]):
-      sys.exit(0)
-    raise
-
-
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=_parse_known_flags)
+  app.run(main, flags_parser=flag_parsing.parse_known_flags)

@@ -237,7 +237,7 @@ def test_rerun_of_a_pushed_date_trains_and_pushes_nothing(workspace, first_run):
 
 
 def test_rerun_guard_needs_the_same_input_and_settings(workspace, first_run):
-  from pipeline import local_runner
+  from pipeline import rerun_guard
 
   values = {
       "data_root": workspace["data"], "pipeline_root": workspace["pipeline_root"],
@@ -246,18 +246,18 @@ def test_rerun_guard_needs_the_same_input_and_settings(workspace, first_run):
       "model": "eta", "eval_steps": 4, "batch_size": 64, "hyperparameters": {"top_k": 16},
   }
   config = configs.PipelineConfig.from_dict(values)
-  assert local_runner.completed_run(config) == first_run["report"].run_id
-  assert local_runner.completed_run(config.replace(train_steps=301)) is None
+  assert rerun_guard.completed_run(config) == first_run["report"].run_id
+  assert rerun_guard.completed_run(config.replace(train_steps=301)) is None
   # A rewritten input file of the span (new mtime: a new input fingerprint
   # for ExampleGen) is a new input: the guard lets the run happen.
   span_file = os.path.join(workspace["data"], "impressions", DATE.replace("-", "") + ".csv")
   stat = os.stat(span_file)
   os.utime(span_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))
   try:
-    assert local_runner.completed_run(config) is None
+    assert rerun_guard.completed_run(config) is None
   finally:
     os.utime(span_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-  assert local_runner.completed_run(config) == first_run["report"].run_id
+  assert rerun_guard.completed_run(config) == first_run["report"].run_id
 
 
 def test_worse_model_is_not_pushed(workspace, first_run):

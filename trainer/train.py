@@ -37,35 +37,38 @@ from absl import logging
 
 from preprocessing import environment
 from preprocessing import features
+from preprocessing import flag_parsing
+from trainer import config as config_lib
+
+FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   # Defined only when run as a program, so that other modules (tests,
   # other entry points) can import this one: absl flags are global.
-  global _TRAIN_FILES, _EVAL_FILES, _OUTPUT_DIR, _MODEL, _MAX_SEQ_LEN, _TRAIN_STEPS, _BATCH_SIZE, _EVAL_BATCH_SIZE, _EVAL_STEPS, _LEARNING_RATE, _STEPS_PER_EPOCH, _SEED, _HPARAMS, _OVERWRITE
-  _TRAIN_FILES = flags.DEFINE_list("train_files", None, "Glob(s) of training TFRecords.")
-  _EVAL_FILES = flags.DEFINE_list("eval_files", None, "Glob(s) of eval TFRecords.")
-  _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where metrics.json and saved_model go.")
-  _MODEL = flags.DEFINE_string("model", "eta", "Model variant (trainer.config.VARIANTS).")
-  _MAX_SEQ_LEN = flags.DEFINE_integer(
+  flags.DEFINE_list("train_files", None, "Glob(s) of training TFRecords.")
+  flags.DEFINE_list("eval_files", None, "Glob(s) of eval TFRecords.")
+  flags.DEFINE_string("output_dir", None, "Where metrics.json and saved_model go.")
+  flags.DEFINE_string("model", "eta", "Model variant (trainer.config.VARIANTS).")
+  flags.DEFINE_integer(
       "max_seq_len", features.DEFAULT_MAX_SEQ_LEN, "History length L of the model."
   )
-  _TRAIN_STEPS = flags.DEFINE_integer(
+  flags.DEFINE_integer(
       "train_steps", 1000, "Optimizer steps (the upper bound with early stopping)."
   )
-  _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Training batch size.")
-  _EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 1024, "Eval batch size.")
-  _EVAL_STEPS = flags.DEFINE_integer("eval_steps", None, "Eval batches (default: all).")
-  _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-  _STEPS_PER_EPOCH = flags.DEFINE_integer(
+  flags.DEFINE_integer("batch_size", 256, "Training batch size.")
+  flags.DEFINE_integer("eval_batch_size", 1024, "Eval batch size.")
+  flags.DEFINE_integer("eval_steps", None, "Eval batches (default: all).")
+  flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+  flags.DEFINE_integer(
       "steps_per_epoch", 100, "Steps between progress lines."
   )
-  _SEED = flags.DEFINE_integer("seed", 0, "Seed of weights, hashing and shuffling.")
-  _HPARAMS = flags.DEFINE_string(
+  flags.DEFINE_integer("seed", 0, "Seed of weights, hashing and shuffling.")
+  flags.DEFINE_string(
       "hparams", "{}",
       "JSON object of further ModelConfig/TrainConfig fields (unknown keys are "
       "refused), e.g. '{\"top_k\": 32, \"jit_compile\": false}'.",
   )
-  _OVERWRITE = flags.DEFINE_bool(
+  flags.DEFINE_bool(
       "overwrite", False,
       "If --output_dir holds another run (other settings or training files), "
       "delete its backup and outputs and start afresh instead of refusing.",
@@ -75,17 +78,17 @@ def _define_flags() -> None:
 def settings_from_flags() -> dict[str, Any]:
   """The flat settings dict the flags describe (hparams override flags)."""
   settings = {
-      "model": _MODEL.value,
-      "max_seq_len": _MAX_SEQ_LEN.value,
-      "seed": _SEED.value,
-      "train_steps": _TRAIN_STEPS.value,
-      "batch_size": _BATCH_SIZE.value,
-      "eval_steps": _EVAL_STEPS.value,
-      "learning_rate": _LEARNING_RATE.value,
-      "steps_per_epoch": _STEPS_PER_EPOCH.value,
+      "model": FLAGS.model,
+      "max_seq_len": FLAGS.max_seq_len,
+      "seed": FLAGS.seed,
+      "train_steps": FLAGS.train_steps,
+      "batch_size": FLAGS.batch_size,
+      "eval_steps": FLAGS.eval_steps,
+      "learning_rate": FLAGS.learning_rate,
+      "steps_per_epoch": FLAGS.steps_per_epoch,
   }
   try:
-    extra = json.loads(_HPARAMS.value)
+    extra = json.loads(FLAGS.hparams)
   except json.JSONDecodeError as error:
     raise app.UsageError(f"--hparams is not JSON: {error}") from None
   if not isinstance(extra, dict):
@@ -98,26 +101,27 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   environment.check_environment()
-  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+  # TensorFlow and the model load here, not at import: --help and a flag
+  # mistake answer without waiting seconds for them.
   from trainer import standalone  # pylint: disable=g-import-not-at-top
   from trainer import training  # pylint: disable=g-import-not-at-top
 
-  for flag in (_TRAIN_FILES, _EVAL_FILES, _OUTPUT_DIR):
-    if not flag.value:
-      raise app.UsageError(f"--{flag.name} is required")
+  for name in ("train_files", "eval_files", "output_dir"):
+    if not getattr(FLAGS, name):
+      raise app.UsageError(f"--{name} is required")
   try:
     model_config, train_config = config_lib.split_flat_config(settings_from_flags())
   except config_lib.ConfigError as error:
     raise app.UsageError(str(error)) from None
   try:
     result = standalone.train_and_evaluate(
-        train_files=_TRAIN_FILES.value,
-        eval_files=_EVAL_FILES.value,
-        output_dir=_OUTPUT_DIR.value,
+        train_files=FLAGS.train_files,
+        eval_files=FLAGS.eval_files,
+        output_dir=FLAGS.output_dir,
         model_config=model_config,
         train_config=train_config,
-        eval_batch_size=_EVAL_BATCH_SIZE.value,
-        overwrite=_OVERWRITE.value,
+        eval_batch_size=FLAGS.eval_batch_size,
+        overwrite=FLAGS.overwrite,
     )
   except training.TrainingError as error:
     # A mistake the user can fix: one line, no traceback.
@@ -132,4 +136,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse_flags)
