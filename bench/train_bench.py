@@ -105,6 +105,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
                "validation_days": 0, "train_steps": 500},
     # Separate attention embeddings for retrieval / sam's scorer (DARE).
     "decoupled": {"decoupled_attention": True},
+    # After early stopping, a fresh model on every training day (the
+    # validation day included) for the selected length.
+    "refit": {"refit": True},
 }
 SPEED_BATCH = 256
 SPEED_TOP_K = 64
