@@ -385,6 +385,26 @@ def test_shared_hamming_top_k_selects_the_brute_force_set(words, prefer_recent, 
   np.testing.assert_array_equal(indices.numpy(), np.sort(layer_indices.numpy(), axis=1))
 
 
+@pytest.mark.parametrize("prefer_recent", [False, True])
+def test_shared_hamming_top_k_breaks_ties_across_large_groups(prefer_recent):
+  """Groups (equal signatures) far larger than k, several tied at the
+  threshold: the tie-break reads only each group's first/last quota."""
+  rng = np.random.default_rng(3)
+  length, n, k = 500, 9, 16
+  pool = rng.integers(-(2**63), 2**63 - 1, (5, 1), dtype=np.int64)
+  # Two pool keys at equal distance from the first query: tied groups.
+  pool[2] = pool[1] ^ np.int64(1 << 5) ^ np.int64(1 << 9)
+  keys = pool[rng.integers(0, len(pool), length)]
+  queries = np.concatenate([pool[:4], pool[1:2] ^ np.int64(1 << 5),
+                            rng.integers(-(2**63), 2**63 - 1, (n - 5, 1), dtype=np.int64)])
+  mask = rng.random(length) < 0.9
+  layer = retrieval.HammingTopK(k=k, prefer_recent=prefer_recent)
+  indices, valid = layer.shared(tf.constant(queries), tf.constant(keys), tf.constant(mask))
+  want = np.sort(brute_force_top_k(queries, keys, mask, k, prefer_recent), axis=1)
+  np.testing.assert_array_equal(indices.numpy(), want)
+  np.testing.assert_array_equal(valid.numpy(), mask[want])
+
+
 # --- the exported SavedModel, in a fresh interpreter -------------------------
 
 # Imports only TensorFlow; feeds the rank cases and the client's request

@@ -440,7 +440,8 @@ class EtaBranch(_SelectingBranch):
   the batch once per step (end to end: retrieval follows the embeddings; no
   gradient through sign or top-k). `freeze()` (export) stores the signature
   of every item slot as a constant table when retrieval reads item
-  embeddings only; both paths then look signatures up.
+  embeddings only, or of every category slot when it reads no item ids
+  (`table_slot`); both paths then look signatures up.
 
   Args:
     num_bits: SimHash bits m.
@@ -459,15 +460,33 @@ class EtaBranch(_SelectingBranch):
     self._table: Optional[tf.Tensor] = None
 
   @property
+  def table_slot(self) -> Optional[str]:
+    """The id a signature is a function of (its table's rows), or None.
+
+    Retrieval over item embeddings: the item slot. Over [item, category]
+    without item ids: the category slot. Over [item, category] with item
+    ids: None (pairs are hashed per request; no table).
+    """
+    if self.embeddings.retrieval_embedding == "item":
+      return _ITEM
+    if not self.embeddings.use_item_ids:
+      return _CATEGORY
+    return None
+
+  @property
   def uses_item_table(self) -> bool:
-    return self.embeddings.retrieval_embedding == "item"
+    return self.table_slot == _ITEM
 
   def signature_table(self) -> tf.Tensor:
-    """int64 [ITEM_ID.buckets, W]: the signature of every item slot."""
+    """int64 [slots, W]: the signature of every item (or category) slot."""
+    if self.table_slot == _CATEGORY:
+      categories = tf.range(features.CATEGORY_ID.buckets, dtype=tf.int64)
+      return self.simhash(tf.stop_gradient(self.embeddings.retrieval_vectors(
+          tf.zeros_like(categories), categories)))
     return self.simhash(self.embeddings.retrieval_item_table().embeddings)
 
   def freeze(self) -> None:
-    if self.uses_item_table:
+    if self.table_slot is not None:
       with tf.init_scope():
         self._table = tf.constant(self.signature_table().numpy())
 
@@ -477,7 +496,7 @@ class EtaBranch(_SelectingBranch):
   def signatures(self, item: tf.Tensor, category: tf.Tensor) -> tf.Tensor:
     """Slots [...] -> int64 [..., W] packed signatures (no gradient)."""
     if self._table is not None:
-      return tf.gather(self._table, item)
+      return tf.gather(self._table, item if self.table_slot == _ITEM else category)
     if self.uses_item_table:
       table = self.embeddings.retrieval_item_table()
       rows = rows_in_use(item, table.input_dim)

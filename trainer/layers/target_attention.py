@@ -36,9 +36,16 @@ def attention_weights(
   head_dim = query.shape[-1]
   logits = tf.matmul(query_by_head, keys_by_head, transpose_b=True)
   logits *= 1.0 / math.sqrt(head_dim)
-  key_mask = mask[:, tf.newaxis, tf.newaxis, :]  # [B, 1, 1, L]
-  # Masked logits sit at the dtype's lowest finite value: the row max stays
-  # finite, so the shift below never computes inf - inf.
+  return masked_softmax(logits, mask[:, tf.newaxis, tf.newaxis, :])
+
+
+def masked_softmax(logits: tf.Tensor, key_mask: tf.Tensor) -> tf.Tensor:
+  """Softmax over the last axis where `key_mask` (broadcastable bool) holds.
+
+  Masked logits sit at the dtype's lowest finite value: the row max stays
+  finite, so the shift never computes inf - inf; a fully masked row gets
+  zeros, not NaN.
+  """
   lowest = tf.constant(logits.dtype.min, logits.dtype)
   logits = tf.where(key_mask, logits, lowest)
   shifted = logits - tf.stop_gradient(
@@ -232,12 +239,19 @@ class MultiHeadTargetAttention(tf.keras.layers.Layer):
       float [N, output width], equal to `call` on the gathered keys.
     """
     query = tf.convert_to_tensor(query)
-    shape = tf.concat([tf.shape(slots), [self.num_heads, self.head_dim]], 0)
-    heads_keys = tf.reshape(tf.gather(self.key_projection(keys), slots), shape)
-    heads_values = tf.reshape(tf.gather(self.value_projection(keys), slots), shape)
-    heads_query = self._split_heads(self.query_projection(query))[:, tf.newaxis]
-    weights = attention_weights(heads_query, heads_keys, valid)
-    heads = weighted_values(weights, heads_values)  # [N, 1, H, dh]
+    # Per-query rows: products and sums, not the batched matmuls of `call`
+    # (N x H matmuls of [1, dh] x [dh, k], and their transposes, cost more).
+    heads_keys = tf.gather(self._split_heads(self.key_projection(keys)), slots)
+    heads_values = tf.gather(self._split_heads(self.value_projection(keys)), slots)
+    heads_query = self._split_heads(self.query_projection(query))  # [N, H, dh]
+    logits = tf.reduce_sum(heads_query[:, tf.newaxis] * heads_keys, axis=-1)
+    logits *= 1.0 / math.sqrt(self.head_dim)  # [N, k, H]
+    weights = masked_softmax(
+        tf.transpose(logits, [0, 2, 1]), valid[:, tf.newaxis, :]
+    )  # [N, H, k]
+    heads = tf.reduce_sum(
+        tf.transpose(weights, [0, 2, 1])[..., tf.newaxis] * heads_values, axis=1
+    )  # [N, H, dh]
     output = tf.reshape(heads, [-1, self.num_heads * self.head_dim])
     if self.output_projection is not None:
       output = self.output_projection(output)
