@@ -45,7 +45,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from preprocessing import auc
 from preprocessing import features
+from preprocessing import flag_parsing
 from preprocessing import typed_config
 
 SECONDS_PER_DAY = 86_400
@@ -227,22 +229,10 @@ class _World:
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-  """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
-  labels = np.asarray(labels).astype(bool)
-  scores = np.asarray(scores, dtype=np.float64)
-  positives = int(labels.sum())
-  negatives = labels.size - positives
-  if positives == 0 or negatives == 0:
-    raise ValueError(
-        f"AUC needs both classes, got {positives} positives and "
-        f"{negatives} negatives: generate more users or impressions")
-  _, inverse, counts = np.unique(
-      scores, return_inverse=True, return_counts=True)
-  ends = np.cumsum(counts)
-  average_rank = ends - (counts - 1) / 2.0  # 1-based
-  rank_sum = average_rank[inverse][labels].sum()
-  return float(
-      (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
+  """Area under the ROC curve (`preprocessing.auc`: ties count one half)."""
+  return auc.auc(labels, scores, single_class_message=(
+      "AUC needs both classes, got {positives} positives and {negatives} "
+      "negatives: generate more users or impressions"))
 
 
 def _sample_weighted(rng, cumulative, low, high, size=None):
@@ -687,20 +677,8 @@ def main(argv):
                    indent=2, sort_keys=True))
 
 
-def _parse_flags(argv):
-  """absl's parser, except that --help exits 0 (absl exits 1)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  try:
-    return flags.FLAGS(argv)
-  except SystemExit as done:
-    if done.code == 1 and any(a in ("--help", "-h", "-?", "--helpfull", "--helpshort") for a in argv[1:]):
-      sys.exit(0)
-    raise
-
-
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
 
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=flag_parsing.parse_flags)
