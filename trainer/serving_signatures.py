@@ -34,12 +34,9 @@ import tensorflow as tf
 from preprocessing import features
 from preprocessing import transforms
 from trainer import model as model_lib
-from trainer.layers import simhash
 
 RANK_INPUT_NAMES = features.RANK_INPUT_NAMES
 _HISTORY_NAMES = tuple(f.name for f in features.RANK_HISTORY_FEATURES)
-# float32 holds every integer below 2**24 exactly (see retrieval.HammingTopK).
-_MAX_EXACT_FLOAT32_INT = 2**24
 
 
 def rank_input_specs() -> dict[str, tf.TensorSpec]:
@@ -176,17 +173,6 @@ def rank_probabilities(model: model_lib.EtaModel, raw: Mapping[str, tf.Tensor]) 
   return tf.sigmoid(logits)
 
 
-def _check_exact_scores(model: model_lib.EtaModel) -> None:
-  c = model.model_config
-  if c.model == "eta":
-    words = simhash.num_words(c.num_bits)
-    if (simhash.BITS_PER_WORD * words + 2) * c.max_seq_len > _MAX_EXACT_FLOAT32_INT:
-      raise ValueError(
-          f"max_seq_len={c.max_seq_len} with {c.num_bits}-bit signatures exceeds "
-          "the exact float32 retrieval score range"
-      )
-
-
 def rank_function(model: model_lib.EtaModel) -> Any:
   """The `rank` signature's concrete function.
 
@@ -194,7 +180,6 @@ def rank_function(model: model_lib.EtaModel) -> Any:
   (as the export does). Inputs as `rank_input_specs()`; output
   {"probabilities": float32 [N]}.
   """
-  _check_exact_scores(model)
   specs = rank_input_specs()
 
   # Parameter names are the signature's input names; the assertion below
