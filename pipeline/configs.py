@@ -49,7 +49,7 @@ ConfigError = typed_config.ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(typed_config.TypedConfig):
   """Every setting of one pipeline run.
 
   Attributes:
@@ -122,6 +122,8 @@ class PipelineConfig:
   beam_pipeline_args: tuple[str, ...] = DEFAULT_BEAM_ARGS
   enable_cache: bool = True
 
+  settings_name = "pipeline setting(s)"
+
   def __post_init__(self) -> None:
     # Frozen: normalise sequences to tuples through object.__setattr__.
     object.__setattr__(self, "beam_pipeline_args", tuple(self.beam_pipeline_args))
@@ -130,8 +132,7 @@ class PipelineConfig:
     if isinstance(self.date, str):
       object.__setattr__(self, "date", parse_date(self.date))
     for name in ("pipeline_root", "data_root", "serving_model_dir"):
-      if not isinstance(getattr(self, name), str) or not getattr(self, name):
-        raise ConfigError(f"{name} must be a non-empty path")
+      typed_config.path_value(name, getattr(self, name))
     if not PIPELINE_NAME_PATTERN.fullmatch(self.pipeline_name):
       raise ConfigError(
           f"pipeline_name {self.pipeline_name!r} must match "
@@ -156,7 +157,7 @@ class PipelineConfig:
           f"rolling_window_days ({self.rolling_window_days}): some days must "
           "remain for training"
       )
-    _check_int(self, "max_seq_len", 1, features.MAX_SUPPORTED_SEQ_LEN)
+    typed_config.check_max_seq_len(self)
     if self.max_seq_len < features.SHORT_SEQ_LEN:
       raise ConfigError(
           f"max_seq_len ({self.max_seq_len}) must be at least the short "
@@ -178,22 +179,13 @@ class PipelineConfig:
     if not isinstance(self.model, str) or not self.model:
       raise ConfigError("model must name a model variant")
     self.trainer_configs()
-    for name in ("warm_start", "enable_cache"):
-      if not isinstance(getattr(self, name), bool):
-        raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
-    if not 0.0 <= self.max_reject_fraction <= 1.0:
-      raise ConfigError("max_reject_fraction must be in [0, 1]")
-    if isinstance(self.min_volume_ratio, bool) or not isinstance(
-        self.min_volume_ratio, (int, float)
-    ) or not 0.0 <= self.min_volume_ratio < 1.0:
-      raise ConfigError(
-          f"min_volume_ratio must be a number in [0, 1), got "
-          f"{self.min_volume_ratio!r}"
-      )
-    if not 0.0 <= self.auc_lower_bound <= 1.0:
-      raise ConfigError("auc_lower_bound must be in [0, 1]")
-    if not 0.0 <= self.auc_max_decrease <= 1.0:
-      raise ConfigError("auc_max_decrease must be in [0, 1]")
+    typed_config.check_bool(self, "warm_start", "enable_cache")
+    # Checked, not converted: the config fingerprint of a rerun reads them as given.
+    for name in ("max_reject_fraction", "auc_lower_bound", "auc_max_decrease"):
+      typed_config.float_value(name, getattr(self, name), 0.0, 1.0)
+    typed_config.float_value(
+        "min_volume_ratio", self.min_volume_ratio, 0.0, 1.0, high_open=True
+    )
     edges = self.history_length_edges
     if (
         not edges
@@ -233,14 +225,6 @@ class PipelineConfig:
   @property
   def resolved_metadata_path(self) -> str:
     return self.metadata_path or os.path.join(self.pipeline_root, "metadata.sqlite")
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "PipelineConfig":
-    """Builds a config, refusing keys that are not fields (typos)."""
-    return typed_config.from_dict(cls, values, "pipeline setting(s)")
-
-  def replace(self, **changes: Any) -> "PipelineConfig":
-    return self.from_dict({**dataclasses.asdict(self), **changes})
 
 
 _check_int = typed_config.check_int

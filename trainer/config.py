@@ -10,11 +10,10 @@ Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Mapping, Optional
 
 from preprocessing import features
 from preprocessing import typed_config
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,41 +74,15 @@ SAM_MODES: tuple[str, ...] = ("iter", "stk")
 ATTENTION_EMBEDDING_VARIANTS: tuple[str, ...] = ("eta", "exact_topk", "sam")
 
 
-_ConfigT = TypeVar("_ConfigT")
-
 # A model or training setting is unknown, missing or out of range.
 ConfigError = typed_config.ConfigError
 _check_int = typed_config.check_int
-
-
-def _from_dict(cls: type[_ConfigT], values: Mapping[str, Any]) -> _ConfigT:
-  return typed_config.from_dict(cls, values, f"{cls.__name__} setting(s)")
-
-
-def _check_float(owner: Any, name: str, low: float, high: float, high_open: bool = False) -> None:
-  value = getattr(owner, name)
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ConfigError(f"{name} must be a number, got {value!r}")
-  if value < low or value > high or (high_open and value == high):
-    bracket = ")" if high_open else "]"
-    raise ConfigError(f"{name} must be in [{low}, {high}{bracket}, got {value}")
-  object.__setattr__(owner, name, float(value))
-
-
-def _check_units(owner: Any, name: str, allow_empty: bool) -> None:
-  value = getattr(owner, name)
-  if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-    raise ConfigError(f"{name} must be a sequence of ints, got {value!r}")
-  units = tuple(value)
-  if not units and not allow_empty:
-    raise ConfigError(f"{name} must not be empty")
-  if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
-    raise ConfigError(f"{name} must hold positive ints, got {value!r}")
-  object.__setattr__(owner, name, units)
+_check_float = typed_config.check_float
+_check_units = typed_config.check_units
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(typed_config.TypedConfig):
   """What model to build.
 
   Attributes:
@@ -207,7 +180,7 @@ class ModelConfig:
   def __post_init__(self) -> None:
     if self.model not in VARIANTS:
       raise ConfigError(f"unknown model variant {self.model!r}; known: {VARIANTS}")
-    _check_int(self, "max_seq_len", 1, features.MAX_SUPPORTED_SEQ_LEN)
+    typed_config.check_max_seq_len(self)
     _check_int(self, "short_seq_len", 1)
     if self.short_seq_len > self.max_seq_len:
       raise ConfigError(
@@ -233,9 +206,9 @@ class ModelConfig:
     if self.embedding_init_stddev == 0.0:
       raise ConfigError("embedding_init_stddev must be > 0")
     _check_float(self, "embedding_l2", 0.0, 1e3)
-    for name in ("use_item_ids", "long_statistics", "linear_shortcut", "prefer_recent"):
-      if not isinstance(getattr(self, name), bool):
-        raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
+    typed_config.check_bool(
+        self, "use_item_ids", "long_statistics", "linear_shortcut", "prefer_recent"
+    )
     if self.retrieval_embedding not in RETRIEVAL_EMBEDDINGS:
       raise ConfigError(
           f"retrieval_embedding must be one of {RETRIEVAL_EMBEDDINGS}, got "
@@ -257,17 +230,13 @@ class ModelConfig:
           f"sdim_tau ({self.sdim_tau})"
       )
     _check_int(self, "seed", 0, 2**31 - 1)
-    if not isinstance(self.jit_compile, bool):
-      raise ConfigError(f"jit_compile must be a bool, got {self.jit_compile!r}")
+    typed_config.check_bool(self, "jit_compile")
     _check_int(self, "sam_num_passes", 1, 16)
     _check_int(self, "sam_scorer_units", 1)
     _check_int(self, "sam_projection_units", 1)
     if self.sam_mode not in SAM_MODES:
       raise ConfigError(f"sam_mode must be one of {SAM_MODES}, got {self.sam_mode!r}")
-    if not isinstance(self.decoupled_attention, bool):
-      raise ConfigError(
-          f"decoupled_attention must be a bool, got {self.decoupled_attention!r}"
-      )
+    typed_config.check_bool(self, "decoupled_attention")
     _check_int(self, "attention_embedding_dim", 1)
     if self.decoupled_attention and self.model not in ATTENTION_EMBEDDING_VARIANTS:
       raise ConfigError(
@@ -275,23 +244,13 @@ class ModelConfig:
           f"in {self.model} would read the attention embeddings)"
       )
 
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
-    return _from_dict(cls, values)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def replace(self, **changes: Any) -> "ModelConfig":
-    return self.from_dict({**self.to_dict(), **changes})
-
 
 # Early-stopping metric -> True when higher is better.
 EARLY_STOPPING_METRICS: dict[str, bool] = {"logloss": False, "auc": True}
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(typed_config.TypedConfig):
   """How to train.
 
   Attributes:
@@ -344,8 +303,7 @@ class TrainConfig:
     _check_int(self, "steps_per_epoch", 1)
     _check_int(self, "validation_days", 0, 366)
     _check_int(self, "early_stopping_patience", 1)
-    if not isinstance(self.refit, bool):
-      raise ConfigError(f"refit must be a bool, got {self.refit!r}")
+    typed_config.check_bool(self, "refit")
     if self.refit and self.validation_days == 0:
       raise ConfigError("refit needs early stopping (validation_days >= 1)")
     if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
@@ -353,16 +311,6 @@ class TrainConfig:
           f"early_stopping_metric must be one of {sorted(EARLY_STOPPING_METRICS)}, "
           f"got {self.early_stopping_metric!r}"
       )
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-    return _from_dict(cls, values)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def replace(self, **changes: Any) -> "TrainConfig":
-    return self.from_dict({**self.to_dict(), **changes})
 
 
 def split_flat_config(
