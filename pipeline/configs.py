@@ -182,10 +182,8 @@ class PipelineConfig(typed_config.TypedConfig):
     typed_config.check_bool(self, "warm_start", "enable_cache")
     # Checked, not converted: the config fingerprint of a rerun reads them as given.
     for name in ("max_reject_fraction", "auc_lower_bound", "auc_max_decrease"):
-      typed_config.float_value(name, getattr(self, name), 0.0, 1.0)
-    typed_config.float_value(
-        "min_volume_ratio", self.min_volume_ratio, 0.0, 1.0, high_open=True
-    )
+      typed_config.fraction_value(name, getattr(self, name))
+    typed_config.fraction_value("min_volume_ratio", self.min_volume_ratio, high_open=True)
     edges = self.history_length_edges
     if (
         not edges

@@ -21,22 +21,12 @@ import numpy as np
 
 from preprocessing import features
 from preprocessing import raw_logs
+from preprocessing import typed_config
 
 # Columns of a behaviour array [n, 4] (int64), in sort-key order.
 TS, ITEM, CATEGORY, TYPE = range(4)
 NUM_COLUMNS = 4
 PV = features.BEHAVIOR_TYPES.index("pv")
-
-
-def check_max_seq_len(max_seq_len: int) -> int:
-  if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or not (
-      1 <= max_seq_len <= features.MAX_SUPPORTED_SEQ_LEN
-  ):
-    raise ValueError(
-        f"max_seq_len must be an int in [1, {features.MAX_SUPPORTED_SEQ_LEN}]"
-        f", got {max_seq_len!r}"
-    )
-  return max_seq_len
 
 
 def parse_behavior_line(
@@ -117,7 +107,7 @@ def user_history(
     max_seq_len: int,
 ) -> np.ndarray:
   """`user_id`'s history at `request_timestamp`: int64 [L, 4], oldest first."""
-  check_max_seq_len(max_seq_len)
+  typed_config.max_seq_len_value(max_seq_len)
   rows = behavior_rows(b for b in behaviors if b.user_id == user_id)
   return history_before(sort_behaviors(rows), request_timestamp, max_seq_len)
 

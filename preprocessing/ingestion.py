@@ -80,15 +80,6 @@ class NoMatchError(IngestionError, FileNotFoundError):
   """An input pattern matches no file."""
 
 
-def _tuple_of_str(name: str, value: Any) -> tuple[str, ...]:
-  if isinstance(value, str):
-    value = (value,)
-  value = tuple(value)
-  if not all(isinstance(v, str) and v for v in value):
-    raise TypeError(f"{name} must be non-empty strings, got {value!r}")
-  return value
-
-
 @dataclasses.dataclass(frozen=True)
 class IngestionConfig:
   """What to read and how to build examples.
@@ -141,7 +132,7 @@ class IngestionConfig:
     if self.file_type not in FILE_TYPES:
       raise ValueError(f"file_type={self.file_type!r} not in {FILE_TYPES}")
     for name in ("input_patterns", "behavior_patterns", "movies_patterns"):
-      object.__setattr__(self, name, _tuple_of_str(name, getattr(self, name)))
+      object.__setattr__(self, name, typed_config.strings_value(name, getattr(self, name)))
     if not self.input_patterns:
       raise ValueError("input_patterns is empty")
     if self.input_format == "impressions" and not self.behavior_patterns:
@@ -155,14 +146,8 @@ class IngestionConfig:
       raise ValueError("input_format='movielens' needs movies_patterns")
     if self.input_format != "movielens" and self.movies_patterns:
       raise ValueError("movies_patterns is only read for 'movielens'")
-    if isinstance(self.min_volume_ratio, bool) or not isinstance(
-        self.min_volume_ratio, (int, float)
-    ) or not 0.0 <= self.min_volume_ratio < 1.0:
-      raise ValueError(
-          f"min_volume_ratio={self.min_volume_ratio!r} must be a number in "
-          "[0, 1) (0: no volume check)"
-      )
-    object.__setattr__(self, "min_volume_ratio", float(self.min_volume_ratio))
+    object.__setattr__(self, "min_volume_ratio", typed_config.fraction_value(
+        "min_volume_ratio", self.min_volume_ratio, high_open=True))  # 0: no check
     if self.max_timestamp is None:
       object.__setattr__(
           self, "max_timestamp", raw_logs.TimestampBounds.up_to_now().max_timestamp

@@ -46,6 +46,7 @@ import zlib
 from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 from preprocessing import features
+from preprocessing import typed_config
 
 # Reject reasons: a closed set; a test checks every one can be produced.
 BAD_ENCODING = "bad_encoding"
@@ -184,10 +185,8 @@ class TimestampBounds:
   max_timestamp: int = _INT64_MAX
 
   def __post_init__(self):
-    if not isinstance(self.min_timestamp, int) or not isinstance(
-        self.max_timestamp, int
-    ):
-      raise TypeError("timestamp bounds must be ints (Unix seconds)")
+    for name in ("min_timestamp", "max_timestamp"):  # Unix seconds
+      typed_config.check_int(self, name, -_INT64_MAX - 1, _INT64_MAX)
     if self.min_timestamp > self.max_timestamp:
       raise ValueError(
           f"min_timestamp {self.min_timestamp} > max_timestamp "

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import struct
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -47,6 +47,7 @@ import numpy as np
 from preprocessing import features
 from preprocessing import history as history_rule
 from preprocessing import raw_logs
+from preprocessing import typed_config
 
 SECONDS_PER_DAY = 86_400
 
@@ -85,14 +86,6 @@ EVAL = "eval"
 _METRICS_NAMESPACE = "eta_ingestion"
 
 
-def _check_int(name: str, value: Any, low: int, high: Optional[int] = None):
-  if not isinstance(value, int) or isinstance(value, bool):
-    raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-  if value < low or (high is not None and value > high):
-    bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-    raise ValueError(f"{name}={value} must be in {bound}")
-
-
 @dataclasses.dataclass(frozen=True)
 class SequenceConfig:
   """Settings of `BuildExamples`.
@@ -120,20 +113,18 @@ class SequenceConfig:
   impression_end_timestamp: Optional[int] = None
 
   def __post_init__(self):
-    _check_int("max_seq_len", self.max_seq_len, 1, features.MAX_SUPPORTED_SEQ_LEN)
-    _check_int("min_history", self.min_history, 0, self.max_seq_len)
-    _check_int("eval_days", self.eval_days, 1)
-    _check_int("chunk_seconds", self.chunk_seconds, 1)
-    if not isinstance(self.with_behavior_types, bool):
-      raise TypeError("with_behavior_types must be a bool")
+    typed_config.check_max_seq_len(self)
+    typed_config.check_int(self, "min_history", 0, self.max_seq_len)
+    typed_config.check_int(self, "eval_days", 1)
+    typed_config.check_int(self, "chunk_seconds", 1)
+    typed_config.check_bool(self, "with_behavior_types")
     for name in (
         "eval_start_timestamp",
         "impression_start_timestamp",
         "impression_end_timestamp",
     ):
-      value = getattr(self, name)
-      if value is not None:
-        _check_int(name, value, 0)
+      if getattr(self, name) is not None:
+        typed_config.check_int(self, name, 0)
 
 
 def eval_start_for(max_impression_timestamp: int, eval_days: int) -> int:
@@ -454,8 +445,8 @@ MAX_NEG_PER_POS = 1000
 
 def check_sampling_settings(neg_per_pos: int, seed: int) -> None:
   """Raises for a negative count, an absurd count or a seed outside int64."""
-  _check_int("neg_per_pos", neg_per_pos, 0, MAX_NEG_PER_POS)
-  _check_int("seed", seed, 0, (1 << 63) - 1)
+  typed_config.int_value("neg_per_pos", neg_per_pos, 0, MAX_NEG_PER_POS)
+  typed_config.int_value("seed", seed, 0, (1 << 63) - 1)
 
 
 def _catalogue_arrays(pairs: Iterable[tuple[int, int]]):

@@ -64,8 +64,7 @@ class ExampleGenSettings:
       raise ValueError(
           f"input_format={self.input_format!r} not in {raw_logs.INPUT_FORMATS}"
       )
-    if not isinstance(self.window_days, int) or self.window_days < 1:
-      raise ValueError(f"window_days={self.window_days!r} must be an int >= 1")
+    typed_config.check_int(self, "window_days", 1)
     if has_date_spec(self.input_pattern) and not (
         isinstance(self.eval_days, int) and self.eval_days < self.window_days
     ):
@@ -83,9 +82,9 @@ class ExampleGenSettings:
           "a span may only read behaviours up to its own day"
       )
 
-    if not isinstance(self.seed, int) or not 0 <= self.seed < 1 << 53:
-      # custom_config travels as a protobuf Struct, whose numbers are doubles.
-      raise ValueError(f"seed={self.seed!r} must be an int in [0, 2**53)")
+    # custom_config travels as a protobuf Struct, whose numbers are doubles:
+    # a seed above 2**53 would not survive the trip.
+    typed_config.check_int(self, "seed", 0, (1 << 53) - 1)
     # Checks the remaining settings as the ingestion job will (no file access).
     ingestion.IngestionConfig(
         input_format=self.input_format,

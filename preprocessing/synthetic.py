@@ -98,58 +98,43 @@ class SyntheticConfig:
   impressions_per_user_day: float = 3.0
 
   def __post_init__(self):
-    for field in dataclasses.fields(self):
-      value = getattr(self, field.name)
-      expected = float if field.type == "float" else (
-          str if field.type == "str" else int)
-      if expected is float and isinstance(value, int) and not isinstance(
-          value, bool):
-        continue
-      if not isinstance(value, expected) or isinstance(value, bool):
-        raise ValueError(
-            f"{field.name} must be {expected.__name__}, got {value!r}")
-    if self.users < 1:
-      raise ValueError(f"users must be >= 1, got {self.users}")
-    if self.categories < 1:
-      raise ValueError(f"categories must be >= 1, got {self.categories}")
+    typed_config.check_field_types(self)
+    typed_config.check_int(self, "users", 1)
+    typed_config.check_int(self, "categories", 1)
     if self.clusters < self.categories:
-      raise ValueError(
+      raise typed_config.ConfigError(
           f"clusters ({self.clusters}) must be >= categories "
           f"({self.categories}): categories are coarser than clusters")
     if self.items < self.clusters:
-      raise ValueError(
+      raise typed_config.ConfigError(
           f"items ({self.items}) must be >= clusters ({self.clusters})")
-    if self.days < 1:
-      raise ValueError(f"days must be >= 1, got {self.days}")
+    typed_config.check_int(self, "days", 1)
     if not 1 <= self.eval_days < self.impression_days <= self.days:
-      raise ValueError(
+      raise typed_config.ConfigError(
           "need 1 <= eval_days < impression_days <= days, got eval_days="
           f"{self.eval_days}, impression_days={self.impression_days}, "
           f"days={self.days}")
-    if self.min_events_per_user < 1:
-      raise ValueError(
-          f"min_events_per_user must be >= 1, got {self.min_events_per_user}")
+    typed_config.check_int(self, "min_events_per_user", 1)
     if self.max_events_per_user < self.min_events_per_user:
-      raise ValueError(
+      raise typed_config.ConfigError(
           f"max_events_per_user ({self.max_events_per_user}) must be >= "
           f"min_events_per_user ({self.min_events_per_user})")
     if self.max_events_per_user > MAX_EVENTS_PER_USER_LIMIT:
-      raise ValueError(
+      raise typed_config.ConfigError(
           f"max_events_per_user must be <= {MAX_EVENTS_PER_USER_LIMIT}, got "
           f"{self.max_events_per_user}")
     if not self.impressions_per_user_day > 0:
-      raise ValueError(
+      raise typed_config.ConfigError(
           "impressions_per_user_day must be > 0, got "
           f"{self.impressions_per_user_day}")
-    if self.seed < 0:
-      raise ValueError(f"seed must be >= 0, got {self.seed}")
+    typed_config.check_int(self, "seed", 0)
     self.end_day()  # validates the date format
 
   def end_day(self) -> datetime.date:
     try:
       return datetime.date.fromisoformat(self.end_date)
     except ValueError:
-      raise ValueError(
+      raise typed_config.ConfigError(
           f"end_date must be YYYY-MM-DD, got {self.end_date!r}") from None
 
   def first_day_timestamp(self) -> int:

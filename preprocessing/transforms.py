@@ -31,6 +31,7 @@ from typing import Mapping, Union
 import tensorflow as tf
 
 from preprocessing import features
+from preprocessing import typed_config
 
 TensorLike = Union[tf.Tensor, tf.SparseTensor, tf.RaggedTensor]
 
@@ -214,13 +215,7 @@ def transform_features(
     tf.errors.InvalidArgumentError (at run time): the sequences of one example
       have different lengths, or a behaviour type is out of range.
   """
-  if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int):
-    raise ValueError(f"max_seq_len must be an int, got {max_seq_len!r}")
-  if not 1 <= max_seq_len <= features.MAX_SUPPORTED_SEQ_LEN:
-    raise ValueError(
-        f"max_seq_len must be in [1, {features.MAX_SUPPORTED_SEQ_LEN}], "
-        f"got {max_seq_len}"
-    )
+  typed_config.max_seq_len_value(max_seq_len)
   missing = [
       f.name for f in features.ALL_FEATURES
       if f.required and f is not features.LABEL and f.name not in inputs

@@ -67,19 +67,35 @@ class TypedConfig:
     return self.from_dict({**self.to_dict(), **changes})  # type: ignore[attr-defined]
 
 
-def int_value(name: str, value: Any, minimum: int, maximum: Optional[int] = None) -> int:
-  """`value` if it is an int (not a bool) in [minimum, maximum]."""
+def int_value(
+    name: str, value: Any, minimum: Optional[int] = None, maximum: Optional[int] = None
+) -> int:
+  """`value` if it is an int (not a bool) in [minimum, maximum] (None: unbounded)."""
   if isinstance(value, bool) or not isinstance(value, int):
     raise ConfigTypeError(f"{name} must be an int, got {value!r}")
-  if value < minimum or (maximum is not None and value > maximum):
-    upper = "" if maximum is None else f" and <= {maximum}"
-    raise ConfigError(f"{name} must be >= {minimum}{upper}, got {value}")
+  if (minimum is not None and value < minimum) or (
+      maximum is not None and value > maximum
+  ):
+    if maximum is None:
+      bound = f">= {minimum}"
+    elif minimum is None:
+      bound = f"<= {maximum}"
+    else:
+      bound = f"in [{minimum}, {maximum}]"
+    raise ConfigError(f"{name} must be {bound}, got {value}")
   return value
 
 
 def max_seq_len_value(value: Any, name: str = "max_seq_len") -> int:
-  """A history length: an int in [1, features.MAX_SUPPORTED_SEQ_LEN]."""
-  return int_value(name, value, 1, features.MAX_SUPPORTED_SEQ_LEN)
+  """A history length: an int in [1, features.MAX_SUPPORTED_SEQ_LEN], the
+  one check of that bound (configs, transforms, the serving client)."""
+  is_int = isinstance(value, int) and not isinstance(value, bool)
+  if not is_int or not 1 <= value <= features.MAX_SUPPORTED_SEQ_LEN:
+    error = ConfigError if is_int else ConfigTypeError
+    raise error(
+        f"{name} must be an int in [1, {features.MAX_SUPPORTED_SEQ_LEN}], got {value!r}"
+    )
+  return value
 
 
 def float_value(
@@ -87,12 +103,21 @@ def float_value(
 ) -> float:
   """`float(value)` if it is a number (not a bool) in [low, high] (or
   [low, high) with `high_open`)."""
-  bracket = ")" if high_open else "]"
-  interval = f"[{low:g}, {high:g}{bracket}"
+  return _number(name, value, low, high, high_open, "a float", "in")
+
+
+def fraction_value(name: str, value: Any, high_open: bool = False) -> float:
+  """A ratio or probability: `float_value` in [0, 1] (or [0, 1))."""
+  return _number(name, value, 0.0, 1.0, high_open, "a number in", "a number in")
+
+
+def _number(name, value, low, high, high_open, type_words, range_words) -> float:
+  interval = f"[{low:g}, {high:g}{')' if high_open else ']'}"
   if isinstance(value, bool) or not isinstance(value, (int, float)):
-    raise ConfigTypeError(f"{name} must be a number in {interval}, got {value!r}")
+    where = f" {interval}" if type_words.endswith(" in") else ""
+    raise ConfigTypeError(f"{name} must be {type_words}{where}, got {value!r}")
   if not low <= value <= high or (high_open and value == high):
-    raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
+    raise ConfigError(f"{name} must be {range_words} {interval}, got {value!r}")
   return float(value)
 
 
@@ -110,7 +135,7 @@ def units_value(name: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
   if not units and not allow_empty:
     raise ConfigError(f"{name} must not be empty")
   if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
-    raise ConfigError(f"{name} must hold positive ints, got {value!r}")
+    raise ConfigError(f"{name} must be positive ints, got {value!r}")
   return units
 
 
@@ -131,7 +156,9 @@ def strings_value(name: str, value: Any) -> tuple[str, ...]:
   return value
 
 
-def check_int(owner: Any, name: str, minimum: int, maximum: Optional[int] = None) -> None:
+def check_int(
+    owner: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None
+) -> None:
   """`int_value` of the attribute `name` of `owner`."""
   int_value(name, getattr(owner, name), minimum, maximum)
 

@@ -36,6 +36,7 @@ import zlib
 from preprocessing import features
 from preprocessing import history as history_rule
 from preprocessing import raw_logs
+from preprocessing import typed_config
 
 INT64_MAX = (1 << 63) - 1
 # The id and time lists of a history; behaviour types are checked apart
@@ -99,8 +100,8 @@ def _check_history(item_ids, category_ids, timestamps, before, max_seq_len,
 
 def _check_max_seq_len(max_seq_len):
   try:
-    history_rule.check_max_seq_len(max_seq_len)
-  except ValueError as error:
+    typed_config.max_seq_len_value(max_seq_len)
+  except typed_config.ConfigError as error:
     raise RequestError(str(error)) from None
 
 

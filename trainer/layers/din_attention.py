@@ -12,6 +12,9 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from preprocessing import typed_config
+from trainer.layers import input_checks
+
 
 @tf.keras.utils.register_keras_serializable(package="eta")
 class DinAttention(tf.keras.layers.Layer):
@@ -47,17 +50,7 @@ class DinAttention(tf.keras.layers.Layer):
       **kwargs,
   ):
     super().__init__(**kwargs)
-    if isinstance(hidden_units, (str, bytes)) or not isinstance(
-        hidden_units, Sequence
-    ):
-      raise ValueError(
-          f"hidden_units must be a sequence of ints, got {hidden_units!r}."
-      )
-    for units in hidden_units:
-      if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-        raise ValueError(
-            f"hidden_units must be positive ints, got {list(hidden_units)}."
-        )
+    typed_config.units_value("hidden_units", hidden_units, allow_empty=True)
     if not isinstance(activation, str):
       raise ValueError(f"activation must be a name, got {activation!r}.")
     try:
@@ -117,8 +110,7 @@ class DinAttention(tf.keras.layers.Layer):
     return hidden[..., 0]
 
   def _check(self, query, keys, mask, query_rank, keys_rank):
-    if mask.dtype != tf.bool:
-      raise ValueError(f"mask must be bool, got {mask.dtype.name}.")
+    input_checks.check_bool_mask(mask)
     if (query.shape.rank != query_rank or keys.shape.rank != keys_rank
         or mask.shape.rank != keys_rank - 1):
       raise ValueError(
@@ -126,11 +118,7 @@ class DinAttention(tf.keras.layers.Layer):
           f"and mask of rank {keys_rank - 1}; got {query.shape}, {keys.shape} "
           f"and {mask.shape}."
       )
-    if keys.shape[-1] != query.shape[-1]:
-      raise ValueError(
-          f"query and keys need the same width D, got {query.shape[-1]} and "
-          f"{keys.shape[-1]}."
-      )
+    input_checks.check_same_width(query, keys)
 
   def call(self, query, keys, mask):
     query = tf.convert_to_tensor(query)

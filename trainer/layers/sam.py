@@ -24,14 +24,10 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
+from preprocessing import typed_config
+from trainer.layers import input_checks
+
 MODES: tuple[str, ...] = ("iter", "stk")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise ValueError(f"{name} must be an int, got {value!r}.")
-  if value < 1:
-    raise ValueError(f"{name} must be >= 1, got {value}.")
 
 
 @tf.keras.utils.register_keras_serializable(package="eta")
@@ -87,11 +83,11 @@ class SparseAttentiveMemory(tf.keras.layers.Layer):
     for name, value in (("sequence_length", sequence_length), ("num_passes", num_passes),
                         ("scorer_units", scorer_units),
                         ("projection_units", projection_units)):
-      _check_positive_int(name, value)
+      typed_config.int_value(name, value, 1)
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if value_dim is not None:
-      _check_positive_int("value_dim", value_dim)
+      typed_config.int_value("value_dim", value_dim, 1)
     self.sequence_length = sequence_length
     self.num_passes = num_passes
     self.scorer_units = scorer_units
@@ -146,17 +142,13 @@ class SparseAttentiveMemory(tf.keras.layers.Layer):
           f"keys and values must be rank {rank} and mask rank {rank - 1}; got "
           f"{keys.shape}, {values.shape}, {mask.shape}."
       )
-    if mask.dtype != tf.bool:
-      raise ValueError(f"mask must be bool, got {mask.dtype.name}.")
+    input_checks.check_bool_mask(mask)
     if values.shape[-1] != (self.value_dim or self.query_dim):
       raise ValueError(
           f"values width {values.shape[-1]} must be value_dim "
           f"{self.value_dim or self.query_dim}."
       )
-    if keys.shape[-1] != query.shape[-1]:
-      raise ValueError(
-          f"keys width {keys.shape[-1]} must equal the query's {query.shape[-1]}."
-      )
+    input_checks.check_same_width(query, keys)
     length = keys.shape[-2]
     if length is not None and length > self.sequence_length:
       raise ValueError(

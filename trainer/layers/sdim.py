@@ -15,6 +15,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from preprocessing import typed_config
+from trainer.layers import input_checks
 from trainer.layers import simhash
 
 
@@ -53,12 +55,11 @@ class SdimAggregation(tf.keras.layers.Layer):
   def __init__(self, num_bits: int = 48, tau: int = 3, seed: int = 0,
                **kwargs):
     super().__init__(**kwargs)
-    # SimHash validates num_bits and seed with its own messages.
+    # SimHash validates num_bits and seed.
     self.simhash = simhash.SimHash(num_bits=num_bits, seed=seed, name="simhash")
-    if isinstance(tau, bool) or not isinstance(tau, int):
-      raise ValueError(f"tau must be an int, got {tau!r}.")
-    if tau < 1 or num_bits % tau:
-      raise ValueError(
+    typed_config.int_value("tau", tau, 1)
+    if num_bits % tau:
+      raise typed_config.ConfigError(
           f"tau must be >= 1 and divide num_bits={num_bits}, got {tau}."
       )
     self.num_bits = num_bits
@@ -104,18 +105,13 @@ class SdimAggregation(tf.keras.layers.Layer):
     query = tf.convert_to_tensor(query)
     keys = tf.convert_to_tensor(keys)
     mask = tf.convert_to_tensor(mask)
-    if mask.dtype != tf.bool:
-      raise ValueError(f"mask must be bool, got {mask.dtype.name}.")
+    input_checks.check_bool_mask(mask)
     if keys.shape.rank != 3 or mask.shape.rank != 2 or query.shape.rank not in (2, 3):
       raise ValueError(
           f"query must be [B, D] or [B, N, D], keys [B, L, D] and mask [B, L]; "
           f"got {query.shape}, {keys.shape} and {mask.shape}."
       )
-    if keys.shape[-1] != query.shape[-1]:
-      raise ValueError(
-          f"query and keys need the same width D, got {query.shape[-1]} and "
-          f"{keys.shape[-1]}."
-      )
+    input_checks.check_same_width(query, keys)
     single_candidate = query.shape.rank == 2
     if query_signatures is None:
       query_signatures = self.simhash(query)

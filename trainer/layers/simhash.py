@@ -18,6 +18,8 @@ import math
 
 import tensorflow as tf
 
+from preprocessing import typed_config
+
 ALLOWED_NUM_BITS: tuple[int, ...] = (16, 32, 48, 64, 128)
 BITS_PER_WORD = 64
 
@@ -139,16 +141,12 @@ class SimHash(tf.keras.layers.Layer):
 
   def __init__(self, num_bits: int = 64, seed: int = 0, **kwargs):
     super().__init__(**kwargs)
-    if isinstance(num_bits, bool) or not isinstance(num_bits, int):
-      raise ValueError(f"num_bits must be an int, got {num_bits!r}.")
+    typed_config.int_value("num_bits", num_bits)
     if num_bits not in ALLOWED_NUM_BITS:
-      raise ValueError(
+      raise typed_config.ConfigError(
           f"num_bits must be one of {ALLOWED_NUM_BITS}, got {num_bits}."
       )
-    if isinstance(seed, bool) or not isinstance(seed, int):
-      raise ValueError(f"seed must be an int, got {seed!r}.")
-    if not 0 <= seed < 2**63:
-      raise ValueError(f"seed must be in [0, 2**63), got {seed}.")
+    typed_config.int_value("seed", seed, 0, 2**63 - 1)
     self.num_bits = num_bits
     self.seed = seed
     self.num_words = num_words(num_bits)

@@ -16,6 +16,9 @@ from typing import Optional
 
 import tensorflow as tf
 
+from preprocessing import typed_config
+from trainer.layers import input_checks
+
 
 def attention_weights(
     query: tf.Tensor, keys: tf.Tensor, mask: tf.Tensor
@@ -96,13 +99,6 @@ def target_attention(
   return output[:, 0] if single_candidate else output
 
 
-def _check_positive_int(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise ValueError(f"{name} must be an int, got {value!r}.")
-  if value < 1:
-    raise ValueError(f"{name} must be >= 1, got {value}.")
-
-
 @tf.keras.utils.register_keras_serializable(package="eta")
 class MultiHeadTargetAttention(tf.keras.layers.Layer):
   """Multi-head attention with the candidate as the single query.
@@ -148,14 +144,11 @@ class MultiHeadTargetAttention(tf.keras.layers.Layer):
       **kwargs,
   ):
     super().__init__(**kwargs)
-    _check_positive_int("num_heads", num_heads)
-    _check_positive_int("head_dim", head_dim)
+    typed_config.int_value("num_heads", num_heads, 1)
+    typed_config.int_value("head_dim", head_dim, 1)
     if output_dim is not None:
-      _check_positive_int("output_dim", output_dim)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-      raise ValueError(f"dropout must be a float, got {dropout!r}.")
-    if not 0.0 <= dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+      typed_config.int_value("output_dim", output_dim, 1)
+    typed_config.float_value("dropout", dropout, 0.0, 1.0, high_open=True)
     self.num_heads = num_heads
     self.head_dim = head_dim
     self.output_dim = output_dim
@@ -197,8 +190,7 @@ class MultiHeadTargetAttention(tf.keras.layers.Layer):
     query = tf.convert_to_tensor(query)
     keys = tf.convert_to_tensor(keys)
     mask = tf.convert_to_tensor(mask)
-    if mask.dtype != tf.bool:
-      raise ValueError(f"mask must be bool, got {mask.dtype.name}.")
+    input_checks.check_bool_mask(mask)
     if keys.shape.rank != 3 or mask.shape.rank != 2:
       raise ValueError(
           f"keys must be [B, L, Dk] and mask [B, L]; got {keys.shape} and "
