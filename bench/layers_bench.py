@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from typing import Any, Callable
@@ -38,6 +37,8 @@ import numpy as np
 
 from absl import app
 from absl import flags
+
+from preprocessing import environment
 
 FLAGS = flags.FLAGS
 
@@ -219,7 +220,7 @@ def run_benchmark(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]], config: dict[str, Any],
-             environment: dict[str, Any]) -> str:
+             machine: dict[str, Any]) -> str:
   lines = [
       "# ETA layer kernels on CPU",
       "",
@@ -232,10 +233,10 @@ def markdown(rows: list[dict[str, Any]], config: dict[str, Any],
       f"Median of {config['repeats']} round-robin calls after "
       f"{config['warmup']} warm-up calls, result copied to numpy.",
       "",
-      f"Machine: {environment['cpus']} CPUs ({environment['processor']}), "
-      f"TensorFlow {environment['tensorflow']}, {environment['date']}; "
-      f"1-min load average {environment['load_average_1min_before']:.1f} "
-      f"before, {environment['load_average_1min']:.1f} after.",
+      f"Machine: {machine['cpus']} CPUs ({machine['processor']}), "
+      f"TensorFlow {machine['tensorflow']}, {machine['date']}; "
+      f"1-min load average {machine['load_average_1min_before']:.1f} "
+      f"before, {machine['load_average_1min']:.1f} after.",
       "",
       "| group | case | XLA | median ms | p90 ms | x first in group |",
       "| --- | --- | --- | ---: | ---: | ---: |",
@@ -249,23 +250,8 @@ def markdown(rows: list[dict[str, Any]], config: dict[str, Any],
   return "\n".join(lines) + "\n"
 
 
-def environment_info() -> dict[str, Any]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  return {
-      "cpus": os.cpu_count(),
-      "processor": platform.processor() or platform.machine(),
-      "tensorflow": tf.__version__,
-      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-      # Other processes on the machine skew absolute times more than ratios.
-      "load_average_1min": os.getloadavg()[0],
-  }
-
-
 def main(argv: list[str]) -> None:
   del argv
-  from preprocessing import environment  # pylint: disable=g-import-not-at-top
-
   environment.check_environment()
   config = {
       name: FLAGS[name].value
@@ -277,7 +263,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--k must not exceed --seq_len.")
   load_before = os.getloadavg()[0]
   rows = run_benchmark(config)
-  info = environment_info()
+  info = environment.machine_info()
   info["load_average_1min_before"] = load_before
   table = markdown(rows, config, info)
   print(table)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -52,6 +51,9 @@ import numpy as np
 
 from absl import app
 from absl import flags
+
+from preprocessing import environment
+from preprocessing import flag_parsing
 
 FLAGS = flags.FLAGS
 
@@ -561,20 +563,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
   plt.close(figure)
 
 
-def environment_info() -> dict[str, Any]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  return {
-      "cpus": os.cpu_count(),
-      "processor": platform.processor() or platform.machine(),
-      "tensorflow": tf.__version__,
-      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-  }
-
-
 def run_benchmark() -> None:
-  from preprocessing import environment  # pylint: disable=g-import-not-at-top
-
   environment.check_environment()
   seq_lens = [int(s) for s in FLAGS.seq_lens]
   if FLAGS.throughput_seq_len not in seq_lens:
@@ -626,7 +615,7 @@ def run_benchmark() -> None:
     row["vs_floor"] = row["p50_ms"] / floors[row["seq_len"]]["p50_ms"]
     row["cpu_vs_floor"] = row["cpu_p50_ms"] / floors[row["seq_len"]]["cpu_p50_ms"]
   loads = [r[k] for r in rows for k in ("load_average_before", "load_average_after")]
-  info = environment_info()
+  info = environment.machine_info()
   info.update(load_min=min(loads), load_max=max(loads),
               wall_seconds=round(time.time() - started))
   table = markdown(rows, info)
@@ -641,8 +630,7 @@ def run_benchmark() -> None:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  flag_parsing.refuse_arguments(argv)
   if FLAGS.worker_spec:
     with open(FLAGS.worker_spec) as f:
       serve_worker(json.load(f))

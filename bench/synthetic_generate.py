@@ -18,6 +18,13 @@ import subprocess
 import sys
 import time
 
+from absl import app
+from absl import flags
+
+from preprocessing import environment
+from preprocessing import flag_parsing
+from preprocessing import synthetic
+
 SCALES = {
     "demo (defaults)": {},
     "1M events": {"users": 5000},
@@ -32,8 +39,6 @@ SCALES = {
 
 def _measure(overrides: dict, output_dir: str) -> dict:
   """Runs in the worker process: generate, write, report."""
-  from preprocessing import synthetic  # pylint: disable=g-import-not-at-top
-
   config = synthetic.SyntheticConfig.from_dict(overrides)
   started = time.perf_counter()
   logs = synthetic.generate(config)
@@ -54,8 +59,6 @@ def _measure(overrides: dict, output_dir: str) -> dict:
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
   flags.DEFINE_string("worker_scale", None, "Internal: run one scale.")
   flags.DEFINE_string("scratch_dir", "bench/scratch/synthetic_generate",
                       "Where the generated files go (deleted after).")
@@ -63,15 +66,7 @@ def _define_flags():
 
 
 def main(argv):
-  # pylint: disable=g-import-not-at-top
-  from absl import app
-  from absl import flags
-
-  from preprocessing import environment
-  # pylint: enable=g-import-not-at-top
-
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  flag_parsing.refuse_arguments(argv)
   environment.check_environment(import_tensorflow=False)
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   if FLAGS.worker_scale is not None:
@@ -116,7 +111,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-
   _define_flags()
   app.run(main)

@@ -34,9 +34,14 @@ import os
 import time
 from typing import Any
 
+from absl import app
+from absl import flags
 import numpy as np
 
+from preprocessing import environment
 from preprocessing import features
+from preprocessing import flag_parsing
+from preprocessing import synthetic
 
 _KEY_SHIFT = 31  # positions and timestamps fit in 31 bits (Unix s < 2^31)
 NO_EVENT_GAP_SECONDS = 10 ** 8  # "never seen": longer than any log
@@ -300,8 +305,6 @@ def run_study(data_dir: str, seed: int = 0) -> dict[str, Any]:
   values = build_features(logs.behaviors, logs.impressions)
   config = logs.oracle.get("config")
   if config is not None:  # written by preprocessing.synthetic: the latents are known
-    from preprocessing import synthetic  # pylint: disable=g-import-not-at-top
-
     values.update(latent_features(
         logs.behaviors, logs.impressions,
         synthetic.item_latents(synthetic.SyntheticConfig.from_dict(config))))
@@ -361,8 +364,6 @@ def format_table(runs: list[dict[str, Any]]) -> str:
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
   flags.DEFINE_string("data_dir", None,
                       "A directory written by preprocessing.synthetic; when "
                       "unset, generate one per seed under bench/scratch/.")
@@ -374,16 +375,7 @@ def _define_flags():
 
 
 def main(argv):
-  # pylint: disable=g-import-not-at-top
-  from absl import app
-  from absl import flags
-
-  from preprocessing import environment
-  from preprocessing import synthetic
-  # pylint: enable=g-import-not-at-top
-
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  flag_parsing.refuse_arguments(argv)
   environment.check_environment(import_tensorflow=False)
   try:
     seeds = [int(s) for s in flags.FLAGS.seeds]
@@ -425,7 +417,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-
   _define_flags()
   app.run(main)

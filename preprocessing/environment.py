@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from typing import Mapping, Sequence
+import platform
+import time
+from typing import Any, Mapping, Sequence
 
 # (distribution, required version prefix as a tuple of ints)
 EXPECTED_VERSIONS: Mapping[str, Sequence[int]] = {
@@ -40,6 +42,18 @@ def installed_version(distribution: str) -> tuple[int, ...] | None:
     return parse_version(importlib.metadata.version(distribution))
   except importlib.metadata.PackageNotFoundError:
     return None
+
+
+def machine_info() -> dict[str, Any]:
+  """What a benchmark's saved results record about the machine it ran on."""
+  return {
+      "cpus": os.cpu_count(),
+      "processor": platform.processor() or platform.machine(),
+      "tensorflow": importlib.metadata.version("tensorflow"),
+      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+      # Other processes on the machine skew absolute times more than ratios.
+      "load_average_1min": os.getloadavg()[0],
+  }
 
 
 def check_environment(

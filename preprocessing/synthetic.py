@@ -43,9 +43,12 @@ import os
 import sys
 from typing import Any, Mapping
 
+from absl import app
+from absl import flags
 import numpy as np
 
 from preprocessing import auc
+from preprocessing import environment
 from preprocessing import features
 from preprocessing import flag_parsing
 from preprocessing import typed_config
@@ -282,7 +285,6 @@ def _make_world(config: SyntheticConfig, rng: np.random.Generator) -> _World:
       np.broadcast_to(high, fav_shape), fav_shape)
   favourite_count = np.clip(1 + rng.poisson(2.0, shape), 1, MAX_FAVOURITES)
 
-  # Raw ids are sparse and shuffled, as in real logs.
   return _World(
       item_cluster=item_cluster,
       cluster_category=cluster_category,
@@ -297,11 +299,15 @@ def _make_world(config: SyntheticConfig, rng: np.random.Generator) -> _World:
       interest_end=end,
       favourites=favourites,
       favourite_count=favourite_count,
-      user_raw_id=1 + rng.choice(10 * n_users + 1000, n_users, replace=False),
-      item_raw_id=1 + rng.choice(10 * n_items + 1000, n_items, replace=False),
-      category_raw_id=1 + rng.choice(
-          10 * n_categories + 1000, n_categories, replace=False),
+      user_raw_id=_sparse_raw_ids(rng, n_users),
+      item_raw_id=_sparse_raw_ids(rng, n_items),
+      category_raw_id=_sparse_raw_ids(rng, n_categories),
   )
+
+
+def _sparse_raw_ids(rng: np.random.Generator, count: int) -> np.ndarray:
+  """`count` distinct raw ids, sparse and shuffled, as in real logs."""
+  return 1 + rng.choice(10 * count + 1000, count, replace=False)
 
 
 def _behavior_times(config, rng, events_per_user):
@@ -622,8 +628,6 @@ def generate_to_dir(config: SyntheticConfig, output_dir: str) -> dict[str, Any]:
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
   defaults = SyntheticConfig()
   flags.DEFINE_string("output_dir", None, "Directory to write the logs to.")
   flags.mark_flag_as_required("output_dir")
@@ -639,13 +643,7 @@ def _define_flags():
 
 
 def main(argv):
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  from preprocessing import environment  # pylint: disable=g-import-not-at-top
-
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  flag_parsing.refuse_arguments(argv)
   environment.check_environment(import_tensorflow=False)
   values = {f.name: flags.FLAGS[f.name].value
             for f in dataclasses.fields(SyntheticConfig)}
@@ -663,7 +661,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-
   _define_flags()
   app.run(main, flags_parser=flag_parsing.parse_flags)

@@ -106,8 +106,7 @@ def _rank_request_from_log() -> requests.RankRequest:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  flag_parsing.refuse_arguments(argv)
   try:
     rank = _rank_request_from_log()
     pin = dict(version=FLAGS.model_version,

@@ -98,8 +98,7 @@ def settings_from_flags() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  flag_parsing.refuse_arguments(argv)
   environment.check_environment()
   # TensorFlow and the model load here, not at import: --help and a flag
   # mistake answer without waiting seconds for them.
