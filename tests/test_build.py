@@ -5,12 +5,15 @@ BUILD (Starlark is Python syntax) and check: every Python module, entry point
 and test is in a target; every listed src exists; every ":dep" names a target;
 every `requirement("x")` is in requirements.txt; every in-repo import of a
 target's sources is provided by the target itself or one of its direct deps.
+"Every Python module" means every one git tracks (`git ls-files`), so an
+untracked scratch file in a working tree does not fail the check.
 """
 
 from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
 
 import pytest
 
@@ -78,8 +81,44 @@ def requirement_names(root: pathlib.Path) -> set[str]:
   return names
 
 
-def check_build(text: str, root: pathlib.Path) -> list[str]:
-  """All the ways BUILD disagrees with the tree under `root`."""
+def tree_sources(root: pathlib.Path) -> list[str]:
+  """Every .py file under SOURCE_DIRS on disk (root-relative, posix)."""
+  return sorted(
+      path.relative_to(root).as_posix()
+      for directory in SOURCE_DIRS
+      for path in (root / directory).rglob("*.py")
+  )
+
+
+def tracked_sources(root: pathlib.Path) -> list[str]:
+  """The .py files under SOURCE_DIRS that git tracks and that exist on disk."""
+  command = ["git", "ls-files", "-z", "--", *SOURCE_DIRS]
+  try:
+    listing = subprocess.run(
+        command, cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+  except (OSError, subprocess.CalledProcessError) as error:
+    detail = getattr(error, "stderr", "") or error
+    raise RuntimeError(
+        f"tests/test_build.py lists the modules with `{' '.join(command)}` in "
+        f"{root}: it needs git on PATH and a git checkout ({str(detail).strip()})"
+    ) from None
+  return sorted(
+      p for p in listing.split("\0") if p.endswith(".py") and (root / p).is_file()
+  )
+
+
+def check_build(
+    text: str, root: pathlib.Path, sources: list[str] | None = None
+) -> list[str]:
+  """All the ways BUILD disagrees with the tree under `root`.
+
+  Args:
+    text: the BUILD file.
+    root: the tree.
+    sources: the modules every one of which must be in a target (default:
+      every .py file under SOURCE_DIRS on disk).
+  """
   problems = []
   targets = parse_build(text)
   requirements = requirement_names(root)
@@ -99,11 +138,9 @@ def check_build(text: str, root: pathlib.Path) -> list[str]:
     for requirement in target["requirements"]:
       if requirement.lower() not in requirements:
         problems.append(f"{name}: requirement {requirement} not in requirements.txt")
-  for directory in SOURCE_DIRS:
-    for path in sorted((root / directory).rglob("*.py")):
-      rel = path.relative_to(root).as_posix()
-      if rel not in covered:
-        problems.append(f"{rel} is in no target")
+  for rel in tree_sources(root) if sources is None else sources:
+    if rel not in covered:
+      problems.append(f"{rel} is in no target")
   for name, target in targets.items():
     visible = {name} | {d[1:] for d in target["deps"]}
     for src in target["srcs"]:
@@ -124,7 +161,7 @@ def check_build(text: str, root: pathlib.Path) -> list[str]:
 
 
 def test_build_matches_the_tree():
-  problems = check_build((ROOT / "BUILD").read_text(), ROOT)
+  problems = check_build((ROOT / "BUILD").read_text(), ROOT, tracked_sources(ROOT))
   assert not problems, "BUILD is out of date (run scripts/gen_build.py):\n" + "\n".join(problems)
 
 
@@ -174,6 +211,25 @@ def test_checker_catches_an_uncovered_module(toy_tree):
   (toy_tree / "trainer" / "extra.py").write_text("")
   problems = check_build(GOOD_BUILD, toy_tree)
   assert "trainer/extra.py is in no target" in problems
+
+
+def test_only_tracked_modules_must_be_in_a_target(toy_tree):
+  for command in (["git", "init", "-q"], ["git", "add", "."]):
+    subprocess.run(command, cwd=toy_tree, check=True)
+  (toy_tree / "trainer" / "scratch.py").write_text("")  # untracked
+  assert tracked_sources(toy_tree) == [
+      "preprocessing/features.py", "tests/test_model.py", "trainer/model.py"
+  ]
+  assert check_build(GOOD_BUILD, toy_tree, tracked_sources(toy_tree)) == []
+  subprocess.run(["git", "add", "trainer/scratch.py"], cwd=toy_tree, check=True)
+  assert "trainer/scratch.py is in no target" in check_build(
+      GOOD_BUILD, toy_tree, tracked_sources(toy_tree)
+  )
+
+
+def test_a_tree_without_git_is_a_clear_error(tmp_path):
+  with pytest.raises(RuntimeError, match="needs git on PATH and a git checkout"):
+    tracked_sources(tmp_path)
 
 
 def transitive_requirements(targets: dict[str, dict], name: str) -> set[str]:
