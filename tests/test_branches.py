@@ -15,14 +15,17 @@ from trainer import branches
 from trainer import config
 from trainer.layers import history_statistics
 
+from tests import model_helpers
+
 L = 24
 
 
+SIZES = dict(max_seq_len=L, short_seq_len=6, top_k=5, embedding_dim=4,
+             side_embedding_dim=2, num_heads=2, head_dim=3, jit_compile=False)
+
+
 def small_config(variant, **overrides):
-  values = dict(model=variant, max_seq_len=L, short_seq_len=6, top_k=5, embedding_dim=4,
-                side_embedding_dim=2, num_heads=2, head_dim=3, jit_compile=False)
-  values.update(overrides)
-  return config.ModelConfig(**values)
+  return model_helpers.small_config(SIZES, variant, **overrides)
 
 
 def toy_history(rows, seed=0):

@@ -16,30 +16,24 @@ import tensorflow as tf
 from preprocessing import features
 from trainer import config
 from trainer import input as input_lib
-from trainer import model as model_lib
 from trainer import serving_signatures
+
+from tests import model_helpers
 
 L = 24
 T0 = 1_793_404_800
 
 
+SIZES = dict(
+    max_seq_len=L, short_seq_len=6, top_k=5, embedding_dim=6,
+    side_embedding_dim=3, num_heads=2, head_dim=4, din_hidden_units=(8,), mlp_units=(16,),
+    jit_compile=False, use_item_ids=True, retrieval_embedding="item",
+    decoupled_attention=True, attention_embedding_dim=4,
+)
+
+
 def small_config(variant: str, **overrides) -> config.ModelConfig:
-  values = dict(
-      model=variant, max_seq_len=L, short_seq_len=6, top_k=5, embedding_dim=6,
-      side_embedding_dim=3, num_heads=2, head_dim=4, din_hidden_units=(8,), mlp_units=(16,),
-      jit_compile=False, use_item_ids=True, retrieval_embedding="item",
-      decoupled_attention=True, attention_embedding_dim=4,
-  )
-  values.update(overrides)
-  return config.ModelConfig(**values)
-
-
-def randomized_model(model_config: config.ModelConfig, seed: int = 0):
-  model = model_lib.build_model(model_config)
-  rng = np.random.default_rng(seed)
-  for weight in model.trainable_weights:
-    weight.assign(rng.normal(0.0, 0.4, weight.shape).astype(np.float32))
-  return model
+  return model_helpers.small_config(SIZES, variant, **overrides)
 
 
 def rank_inputs(length: int, seed: int) -> dict[str, np.ndarray]:
@@ -93,7 +87,7 @@ def numpy_simhash(vectors: np.ndarray, projection: np.ndarray) -> np.ndarray:
 
 
 def test_tables_read_by_each_part():
-  model = randomized_model(small_config("eta"))
+  model = model_helpers.randomized_model(small_config("eta"))
   embeddings = model.feature_embeddings
   item = tf.constant([1, 5, 9], tf.int64)
   category = tf.constant([2, 3, 4], tf.int64)
@@ -115,7 +109,7 @@ def test_tables_read_by_each_part():
 
 
 def test_signature_table_hashes_the_attention_item_table():
-  model = randomized_model(small_config("eta"), seed=1)
+  model = model_helpers.randomized_model(small_config("eta"), seed=1)
   branch = model.long_branch
   table = branch.signature_table().numpy()
   projection = branch.simhash.projection.numpy()
@@ -140,7 +134,7 @@ def test_signature_table_hashes_the_attention_item_table():
     ("sam", {"use_item_ids": False, "retrieval_embedding": "item_category"}, 2),
 ])
 def test_rank_equals_the_batch_path(variant, overrides, seed):
-  model = randomized_model(small_config(variant, **overrides), seed=seed)
+  model = model_helpers.randomized_model(small_config(variant, **overrides), seed=seed)
   rank = frozen_rank(model)
   spread = []
   for length, seed in ((0, 1), (3, 2), (L, 3), (L + 5, 4)):
@@ -154,7 +148,7 @@ def test_rank_equals_the_batch_path(variant, overrides, seed):
 
 def test_attention_tables_change_only_what_reads_them():
   """sam: the attention tables move the scorer, not the representation."""
-  model = randomized_model(small_config("sam", top_k=5), seed=3)
+  model = model_helpers.randomized_model(small_config("sam", top_k=5), seed=3)
   inputs = rank_inputs(L, 5)
   before = direct_probabilities(model, inputs)
   table = model.feature_embeddings.attention_category_embedding.embeddings
@@ -162,7 +156,7 @@ def test_attention_tables_change_only_what_reads_them():
   assert np.abs(direct_probabilities(model, inputs) - before).max() > 1e-3
   # eta at k = L keeps every behaviour: the attention tables (retrieval
   # only) then change nothing.
-  eta = randomized_model(small_config("eta", top_k=L), seed=4)
+  eta = model_helpers.randomized_model(small_config("eta", top_k=L), seed=4)
   before = direct_probabilities(eta, inputs)
   for table in eta.feature_embeddings.attention_tables():
     if not table.built:  # item retrieval never reads the category table
@@ -172,7 +166,7 @@ def test_attention_tables_change_only_what_reads_them():
 
 
 def test_sam_trains_its_attention_tables():
-  model = randomized_model(small_config("sam"), seed=5)
+  model = model_helpers.randomized_model(small_config("sam"), seed=5)
   inputs = transformed_examples(rank_inputs(L, 6))
   with tf.GradientTape() as tape:
     loss = tf.reduce_sum(model(inputs, training=True))

@@ -12,6 +12,8 @@ from trainer import input as input_lib
 from trainer import model as model_lib
 from trainer import toy_data
 
+from tests import model_helpers
+
 L = 64
 VARIANTS = config.VARIANTS
 
@@ -27,12 +29,13 @@ def batch():
   return transformed, labels
 
 
+SIZES = dict(max_seq_len=L, top_k=16, jit_compile=False,
+             embedding_dim=16, head_dim=8, mlp_units=(32,),
+             use_item_ids=True, retrieval_embedding="item")
+
+
 def small_config(variant, **overrides):
-  values = dict(model=variant, max_seq_len=L, top_k=16, jit_compile=False,
-                embedding_dim=16, head_dim=8, mlp_units=(32,),
-                use_item_ids=True, retrieval_embedding="item")
-  values.update(overrides)
-  return config.ModelConfig(**values)
+  return model_helpers.small_config(SIZES, variant, **overrides)
 
 
 def logits_of(model, inputs):

@@ -26,9 +26,10 @@ from serving import transport
 from trainer import config
 from trainer import export
 from trainer import input as input_lib
-from trainer import model as model_lib
 from trainer import serving_signatures
 from trainer.layers import retrieval
+
+from tests import model_helpers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 L = 32
@@ -38,26 +39,18 @@ INT64_MAX = (1 << 63) - 1
 NUM_CATEGORIES = 5
 
 
+SIZES = dict(
+    max_seq_len=L, short_seq_len=8, top_k=K, embedding_dim=8,
+    side_embedding_dim=4, num_heads=2, head_dim=4, din_hidden_units=(8,),
+    mlp_units=(16,), jit_compile=False,
+    # Item retrieval, so that eta exports (and these tests check) the
+    # signature table; the defaults' category retrieval is MODELS' "eta_default".
+    use_item_ids=True, retrieval_embedding="item",
+)
+
+
 def small_config(variant: str, **overrides) -> config.ModelConfig:
-  values = dict(
-      model=variant, max_seq_len=L, short_seq_len=8, top_k=K, embedding_dim=8,
-      side_embedding_dim=4, num_heads=2, head_dim=4, din_hidden_units=(8,),
-      mlp_units=(16,), jit_compile=False,
-      # Item retrieval, so that eta exports (and these tests check) the
-      # signature table; the defaults' category retrieval is MODELS' "eta_default".
-      use_item_ids=True, retrieval_embedding="item",
-  )
-  values.update(overrides)
-  return config.ModelConfig(**values)
-
-
-def randomized_model(model_config: config.ModelConfig, seed: int = 0):
-  """A built model with large random weights, so scores differ visibly."""
-  model = model_lib.build_model(model_config)
-  rng = np.random.default_rng(seed)
-  for weight in model.trainable_weights:
-    weight.assign(rng.normal(0.0, 0.4, weight.shape).astype(np.float32))
-  return model
+  return model_helpers.small_config(SIZES, variant, **overrides)
 
 
 def history(length: int, seed: int) -> dict[str, list[int]]:
@@ -154,10 +147,10 @@ MODEL_NAMES = config.VARIANTS + ("eta_default",)
 @pytest.fixture(scope="module")
 def models():
   built = {
-      variant: randomized_model(small_config(variant), seed=i)
+      variant: model_helpers.randomized_model(small_config(variant), seed=i)
       for i, variant in enumerate(config.VARIANTS)
   }
-  built["eta_default"] = randomized_model(small_config(
+  built["eta_default"] = model_helpers.randomized_model(small_config(
       "eta", use_item_ids=False, retrieval_embedding="item_category",
       linear_shortcut=True, prefer_recent=True), seed=99)
   return built
@@ -290,7 +283,7 @@ def numpy_simhash_words(embeddings: np.ndarray, projection: np.ndarray):
 
 @pytest.mark.parametrize("num_bits", [64, 128])
 def test_signature_table_is_simhash_of_every_item_embedding(num_bits):
-  model = randomized_model(small_config("eta", num_bits=num_bits), seed=7)
+  model = model_helpers.randomized_model(small_config("eta", num_bits=num_bits), seed=7)
   branch = model.long_branch
   table = branch.signature_table().numpy()
   words = -(-num_bits // 64)

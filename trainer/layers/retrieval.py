@@ -243,8 +243,8 @@ def select_nearest_by_count(
   # The k-th nearest sits at the smallest distance j with at_most[j] >= k.
   threshold = tf.reduce_sum(tf.cast(at_most < k, tf.int32), axis=1)  # [N]
   below = tf.gather(at_most - counts, threshold, batch_dims=1)  # d < threshold
-  ties = tf.gather(counts, threshold, batch_dims=1)  # d == threshold
-  quota = k - below  # ties to keep, in [1, ties]
+  # Ties to keep per row: at least 1, at most the positions at the threshold.
+  quota = k - below
   # The (row, group) pairs at or below each row's threshold. A pair below
   # contributes every position of its group; a tie pair only its group's
   # first (prefer_recent: last) quota positions, since the row's quota
