@@ -39,6 +39,10 @@ from absl import app
 from absl import flags
 import psutil
 
+from preprocessing import environment
+from preprocessing import raw_logs
+from preprocessing import synthetic
+
 _USERS = flags.DEFINE_integer("users", 3000, "Synthetic users.")
 _MAX_EVENTS = flags.DEFINE_integer(
     "max_events_per_user", 1000, "Synthetic max behaviours per user."
@@ -62,6 +66,7 @@ _MODE = flags.DEFINE_enum(
 
 
 def _config(data_dir: str, max_seq_len: int):
+  # Beam (seconds) loads in the runs that use it: --help answers at once.
   from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
 
   return ingestion.IngestionConfig(
@@ -77,6 +82,7 @@ def _config(data_dir: str, max_seq_len: int):
 def run_beam(
     data_dir: str, out_dir: str, max_seq_len: int, workers: int, mode: str
 ) -> dict:
+  # Lazy as in _config().
   from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
 
   summary = ingestion.run(
@@ -91,9 +97,10 @@ def run_beam(
 
 def run_reference(data_dir: str, out_dir: str, max_seq_len: int) -> dict:
   """Single process: dicts per user, one sort, one walk with a deque."""
+  # TensorFlow (~5 s) and the Beam module sequence_builder load in the run
+  # that uses them: --help answers at once.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  from preprocessing import raw_logs  # pylint: disable=g-import-not-at-top
   from preprocessing import sequence_builder  # pylint: disable=g-import-not-at-top
 
   config = _config(data_dir, max_seq_len)
@@ -167,6 +174,7 @@ def run_reference(data_dir: str, out_dir: str, max_seq_len: int) -> dict:
 
 
 def _read_examples(pattern: str) -> dict[tuple, tuple]:
+  # Lazy as in run_reference().
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   found = {}
@@ -226,7 +234,6 @@ def _measure(argv: list[str]) -> dict[str, Any]:
 
 
 def compare() -> None:
-  from preprocessing import synthetic  # pylint: disable=g-import-not-at-top
 
   scratch = os.path.abspath(_SCRATCH.value)
   synth = synthetic.SyntheticConfig(
@@ -317,7 +324,6 @@ def compare() -> None:
 
 def main(argv: list[str]) -> None:
   del argv
-  from preprocessing import environment  # pylint: disable=g-import-not-at-top
 
   environment.check_environment()
   data_dir = os.path.join(os.path.abspath(_SCRATCH.value), "data")

@@ -65,6 +65,7 @@ def time_round_robin(cases: list[dict[str, Any]], warmup: int,
   alike, so the ratios stay comparable. A call includes copying its result
   to numpy.
   """
+  # TensorFlow (~5 s) loads when the benchmark runs: --help answers at once.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   def run(case):
@@ -103,6 +104,7 @@ def zipf_ids(rng: np.random.Generator, shape, vocabulary: int,
 
 def build_cases(config: dict[str, Any]) -> list[dict[str, Any]]:
   """The timed functions and their inputs, grouped by question."""
+  # Lazy as in time_round_robin(): TensorFlow and the layers built on it.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from trainer.layers import retrieval  # pylint: disable=g-import-not-at-top

@@ -127,6 +127,8 @@ def _floor_function(tf, k: int, xla: bool):
 
 def _breakdown_calls(tf, spec: dict[str, Any], data) -> dict[str, Any]:
   """The pieces of eta's rank, each traced alone in this process (no SavedModel)."""
+  # The model code (TensorFlow) loads in the worker, after prepare_worker set
+  # its threads; the parent process and --help need none of it.
   # pylint: disable=g-import-not-at-top
   from preprocessing import features
   from preprocessing import transforms
@@ -188,6 +190,7 @@ def _breakdown_calls(tf, spec: dict[str, Any], data) -> dict[str, Any]:
 
 def prepare_worker(spec: dict[str, Any]):
   """Sets TensorFlow's threads to 1 first, then builds the timed calls by label."""
+  # Lazy: TensorFlow loads in the worker that times it, not at import.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -289,6 +292,8 @@ def make_request_data(path: str, seq_len: int, users: int, candidates: int,
 
 def export_models(seq_len: int, directory: str, seed: int) -> dict[str, Any]:
   """Exports the untrained MODELS at max_seq_len = seq_len; returns their configs."""
+  # TensorFlow and the model code load when models are exported: --help and
+  # the workers' start need none of it here.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -528,9 +533,11 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
+  # matplotlib (~2 s) only for the figure, after every measurement.
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
+  # After use("Agg"): pyplot picks its backend when first imported.
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   latency_rows = [

@@ -80,6 +80,8 @@ class RawLogs:
 
 def read_logs(data_dir: str) -> RawLogs:
   """Reads behaviors/, impressions/, impression_truth/ and oracle.json."""
+  # pandas (~1 s) and scikit-learn (~3 s) load when a study runs: --help and
+  # bench/train_bench.py's import of this module need neither.
   import pandas as pd  # pylint: disable=g-import-not-at-top
 
   behavior_files = sorted(glob.glob(os.path.join(data_dir, "behaviors",
@@ -277,6 +279,7 @@ def latent_features(behaviors, impressions,
 
 
 def _fit_and_score(model_name, train_x, train_y, eval_x, eval_y, seed):
+  # Lazy as in read_logs().
   # pylint: disable=g-import-not-at-top
   from sklearn.ensemble import HistGradientBoostingClassifier
   from sklearn.linear_model import LogisticRegression
@@ -298,6 +301,7 @@ def _fit_and_score(model_name, train_x, train_y, eval_x, eval_y, seed):
 
 def run_study(data_dir: str, seed: int = 0) -> dict[str, Any]:
   """Fits short/whole models on the train days; AUCs on the eval days."""
+  # Lazy as in read_logs().
   from sklearn.metrics import roc_auc_score  # pylint: disable=g-import-not-at-top
 
   started = time.perf_counter()

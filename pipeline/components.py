@@ -12,7 +12,10 @@ No `from __future__ import annotations` here: TFX parses these annotations.
 
 import os
 
+import tensorflow as tf
 from tfx import v1 as tfx
+from tfx.types import artifact_utils
+from tfx.utils import path_utils
 
 from pipeline import data_gate
 from pipeline import infra_validator
@@ -44,8 +47,6 @@ def DataGate(  # pylint: disable=invalid-name
   Raises:
     data_gate.DataValidationError: with every reason, one per line.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfx.types import artifact_utils  # pylint: disable=g-import-not-at-top
 
   splits = artifact_utils.decode_split_names(anomalies.split_names)
   problems = data_gate.check(
@@ -89,9 +90,6 @@ def OfflineInfraValidator(  # pylint: disable=invalid-name
     output_key: the signature output that must hold probabilities.
     timeout_seconds: limit of the isolated check.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tfx.types import artifact_utils  # pylint: disable=g-import-not-at-top
-  from tfx.utils import path_utils  # pylint: disable=g-import-not-at-top
 
   model_dir = path_utils.serving_model_path(
       model.uri, path_utils.is_old_model_artifact(model)

@@ -27,6 +27,9 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+
 ANOMALIES_FILE = "SchemaDiff.pb"  # tfx ExampleValidator's file per split
 SUMMARY_FILE = "summary.json"  # written by the ingestion ExampleGen
 
@@ -37,7 +40,6 @@ class DataValidationError(RuntimeError):
 
 def describe_anomalies(anomalies_by_split: Mapping[str, Any]) -> list[str]:
   """{split: tensorflow_metadata Anomalies} -> one line per anomaly."""
-  from tensorflow_metadata.proto.v0 import anomalies_pb2  # pylint: disable=g-import-not-at-top
 
   type_name = anomalies_pb2.AnomalyInfo.Type.Name
   problems = []
@@ -108,8 +110,6 @@ def describe_volume(summary: Optional[Mapping[str, Any]]) -> list[str]:
 
 def load_anomalies(anomalies_uri: str, splits: list[str]) -> dict[str, Any]:
   """Reads ExampleValidator's `Split-<name>/SchemaDiff.pb` files."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow_metadata.proto.v0 import anomalies_pb2  # pylint: disable=g-import-not-at-top
 
   result = {}
   for split in splits:
@@ -120,7 +120,6 @@ def load_anomalies(anomalies_uri: str, splits: list[str]) -> dict[str, Any]:
 
 
 def load_summary(examples_uri: str) -> Optional[dict]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(examples_uri, SUMMARY_FILE)
   if not tf.io.gfile.exists(path):

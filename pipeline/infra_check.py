@@ -56,6 +56,7 @@ def check(model_dir, warmup_file, output_key, rank_signature="rank",
   `rank_inputs`: {name: [dtype name, shape list]} the `rank_signature` must
   take when the model has it (None: any inputs).
   """
+  # TensorFlow (~5 s) loads here, not at import: --help answers at once.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
 

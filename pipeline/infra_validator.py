@@ -37,6 +37,13 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import model_pb2
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+
 from preprocessing import features
 from preprocessing import history
 
@@ -80,7 +87,6 @@ def read_examples(
   Raises:
     ValueError: no file matches, or the files hold no example.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
   if not files:
@@ -100,8 +106,6 @@ def read_examples(
 def signature_names(model_dir: str) -> set[str]:
   """Signature names in `model_dir/saved_model.pb`, read from the proto (the
   model is not loaded in this process); empty when there is no such file."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(model_dir, "saved_model.pb")
   if not tf.io.gfile.exists(path):
@@ -129,8 +133,6 @@ def rank_request_inputs(
     ValueError: no example, one lacks a candidate or time feature, or the
       history's lists differ in length.
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   if not serialized_examples:
     raise ValueError("no held-out example to build a rank request from")
@@ -171,10 +173,6 @@ def write_warmup_requests(
 ) -> int:
   """Writes PredictionLog warm-up requests for `serving_default` (and one for
   `rank` with `rank_inputs` when given); returns their count."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow_serving.apis import model_pb2  # pylint: disable=g-import-not-at-top
-  from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
-  from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
 
   tf.io.gfile.makedirs(os.path.dirname(path))
   count = 0
@@ -250,7 +248,6 @@ def validate(
   """Copies the model under `output_dir/stamped_model`, adds warm-up requests,
   checks the copy in an isolated process, and writes the report to
   `output_dir/infra_validation.json`. The copy is removed when not blessed."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   stamped = os.path.join(output_dir, STAMPED_MODEL_DIR)
   if tf.io.gfile.exists(stamped):
@@ -283,7 +280,6 @@ def validate(
 
 
 def _copy_tree(source: str, destination: str) -> None:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   if "://" not in source and "://" not in destination:
     shutil.copytree(source, destination)

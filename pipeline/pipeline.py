@@ -63,6 +63,8 @@ def stats_options():
     the schema bounds (`value_count.max`).
   * No semantic-domain or natural-language inference over the long lists.
   """
+  # TFDV, TFMA and TFX are imported in the functions that use them: see
+  # example_gen_component.
   import tensorflow_data_validation as tfdv  # pylint: disable=g-import-not-at-top
 
   return tfdv.StatsOptions(
@@ -78,6 +80,7 @@ def stats_options():
 
 def eval_config(config: configs.PipelineConfig):
   """The TFMA EvalConfig: metrics, slices and the blessing thresholds."""
+  # Lazy: see example_gen_component.
   import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
 
   auc_threshold = tfma.MetricThreshold(
@@ -150,6 +153,8 @@ INPUT_PATTERNS: dict[str, dict[str, str]] = {
 def example_gen_component(config: configs.PipelineConfig):
   """The ingestion ExampleGen of `config` (the rerun guard reads its input
   settings to fingerprint a date's input before running)."""
+  # TFX and its components load here, not at import (seconds): the runners
+  # import this module, and their --help and config errors answer first.
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
   from preprocessing import example_gen  # pylint: disable=g-import-not-at-top
@@ -197,6 +202,7 @@ def create_pipeline(
   Returns:
     a `tfx.dsl.Pipeline`.
   """
+  # Lazy: see example_gen_component.
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
   from pipeline import components  # pylint: disable=g-import-not-at-top

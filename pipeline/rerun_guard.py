@@ -22,6 +22,8 @@ import json
 import os
 from typing import Optional, Sequence
 
+from google.protobuf import json_format
+
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 from pipeline import run_report
@@ -31,6 +33,7 @@ def config_fingerprint(config: configs.PipelineConfig) -> str:
   """sha256 of every setting and of the schema file's content: runs with
   equal fingerprints ran the same thing (our code aside: after a code change,
   rerun with --force_rerun)."""
+  # Lazy (module docstring): TensorFlow, for tf.io.gfile.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   digest = hashlib.sha256(
@@ -48,7 +51,7 @@ def input_span_and_fingerprint(config: configs.PipelineConfig) -> tuple[int, str
   Raises:
     ValueError: no input file for the span (TFX's message).
   """
-  from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
+  # Lazy (module docstring): TFX.
   from tfx.components.example_gen import utils as example_gen_utils  # pylint: disable=g-import-not-at-top
   from tfx.proto import example_gen_pb2  # pylint: disable=g-import-not-at-top
   from tfx.proto import range_config_pb2  # pylint: disable=g-import-not-at-top
@@ -84,6 +87,7 @@ def completed_run(config: configs.PipelineConfig) -> Optional[str]:
 
 def writable_store(config: configs.PipelineConfig):
   """The run's SQLite ML Metadata store, opened for writing."""
+  # Lazy (module docstring): ML Metadata.
   from ml_metadata import metadata_store  # pylint: disable=g-import-not-at-top
   from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
 

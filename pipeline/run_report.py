@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Optional
 
+from google.protobuf import text_format
+
 from pipeline import pipeline as pipeline_lib
 
 # MLMD context types TFX's portable orchestration writes.
@@ -78,6 +80,8 @@ class RunReport:
 
 
 def connect(metadata_path: str):
+  # ML Metadata (~0.5 s) loads here, not at import: the local runner's --help
+  # and config errors answer first.
   from ml_metadata import metadata_store  # pylint: disable=g-import-not-at-top
   from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
 
@@ -94,6 +98,7 @@ def run_ids(store) -> list[str]:
 
 
 def _state_name(execution) -> str:
+  # Lazy as in connect().
   from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
 
   return metadata_store_pb2.Execution.State.Name(execution.last_known_state)
@@ -122,6 +127,7 @@ def node_executions(store, pipeline_name: str, run_id: str) -> dict[str, Any]:
 
 def output_artifacts(store, execution) -> dict[str, list[Any]]:
   """output key -> artifacts of an execution."""
+  # Lazy as in connect().
   from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
 
   keys: dict[int, str] = {}
@@ -143,6 +149,7 @@ def _int_property(artifact, name: str) -> Optional[int]:
 
 def overall_metrics(evaluation_uri: str) -> dict[str, dict[str, float]]:
   """model name -> metric -> value, overall slice, no diffs, from TFMA output."""
+  # TFMA (TensorFlow and Beam, seconds) only once there is a run to report.
   import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
 
   result: dict[str, dict[str, float]] = {}
@@ -159,9 +166,8 @@ def overall_metrics(evaluation_uri: str) -> dict[str, dict[str, float]]:
 
 
 def validation_failures(evaluation_uri: str) -> list[str]:
+  # Lazy as in overall_metrics().
   import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
-
-  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
 
   result = tfma.load_validation_result(evaluation_uri)
   failures = []
@@ -246,6 +252,7 @@ def find_completed_run(
   A completed Pusher means the run went through every gate: it pushed, or
   recorded why not (a blessing it did not get).
   """
+  # Lazy as in connect().
   from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
 
   done = {metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED}

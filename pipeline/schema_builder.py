@@ -21,6 +21,10 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from preprocessing import environment
 from preprocessing import features
 from preprocessing import flag_parsing
 
@@ -32,7 +36,6 @@ _HEADER = (
 
 def build_schema(max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN):
   """Returns the input `schema_pb2.Schema` of the raw tf.Examples."""
-  from tensorflow_metadata.proto.v0 import schema_pb2  # pylint: disable=g-import-not-at-top
 
   if not 1 <= max_seq_len <= features.MAX_SUPPORTED_SEQ_LEN:
     raise ValueError(
@@ -64,7 +67,6 @@ def build_schema(max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN):
 
 
 def schema_text(max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN) -> str:
-  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
 
   return _HEADER + text_format.MessageToString(build_schema(max_seq_len))
 
@@ -83,9 +85,9 @@ def sequence_bound(schema) -> int:
 
 def load_schema(path: str):
   """Reads a text-format schema file."""
+  # TensorFlow (for tf.io.gfile, ~5 s) only to read a schema: building one
+  # and `--help` need none, nor pipeline/configs.py, which imports this module.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
-  from tensorflow_metadata.proto.v0 import schema_pb2  # pylint: disable=g-import-not-at-top
 
   with tf.io.gfile.GFile(path) as f:
     return text_format.Parse(f.read(), schema_pb2.Schema())
@@ -105,8 +107,6 @@ def _define_flags() -> None:
 
 def main(argv):
   del argv
-  from preprocessing import environment  # pylint: disable=g-import-not-at-top
-
   environment.check_environment(import_tensorflow=False)
   if not FLAGS.output:
     raise app.UsageError("--output is required")

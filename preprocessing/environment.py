@@ -84,6 +84,7 @@ def check_environment(
           f"project needs {'.'.join(map(str, prefix))}.x; run `make setup`."
       )
   if import_tensorflow:
+    # Only when asked: entry points without TensorFlow check in milliseconds.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     keras_module = tf.keras.Model.__module__

@@ -42,7 +42,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from preprocessing import features
 from preprocessing import raw_logs
@@ -198,6 +201,8 @@ def expand_patterns(patterns: Sequence[str]) -> list[str]:
 def register_tf_filesystems(paths: Sequence[str]) -> None:
   """Imports tensorflow_io when a path needs it for TF's gfile (s3, hdfs)."""
   if any(p.startswith(("s3://", "hdfs://")) for p in paths):
+    # Only for such paths: tensorflow_io (seconds, all of TensorFlow) registers
+    # TF's s3 and hdfs filesystems on import.
     import tensorflow_io  # pylint: disable=g-import-not-at-top,unused-import
 
 
@@ -245,7 +250,6 @@ def open_decompressed(path: str):
   truncated stream and check gzip's CRC and length, where Beam's reader
   returns what it got.
   """
-  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
 
   raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
   if path.endswith(".gz"):
@@ -522,6 +526,8 @@ class _ExampleDay(beam.DoFn):
   """Serialized example -> the UTC day (days since epoch) of its timestamp."""
 
   def setup(self):
+    # On the workers, not at import: building the pipeline in a light process
+    # does not load TensorFlow (as sequence_builder._ExampleEncoder).
     from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
 
     self._example_pb2 = example_pb2
@@ -697,7 +703,6 @@ def read_summary(output_dir: str) -> dict[str, Any]:
 
 def counters(result) -> dict[str, int]:
   """Committed Beam counters of the ingestion namespace ({} if unsupported)."""
-  from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=g-import-not-at-top
 
   try:
     queried = result.metrics().query(
@@ -909,7 +914,6 @@ def run(
     SummaryMismatchError: a row is unaccounted for or the Beam counters
       disagree with the summary.
   """
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
 
   register_tf_filesystems(
       [output_dir, *config.input_patterns, *config.behavior_patterns]

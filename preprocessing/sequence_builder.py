@@ -148,6 +148,7 @@ class _ExampleEncoder:
   """
 
   def __init__(self, with_behavior_types: bool):
+    # Lazy: see the class docstring.
     from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
 
     self._example_pb2 = example_pb2

@@ -557,6 +557,7 @@ def _day_slices(timestamps: np.ndarray, first_day: int, n_days: int):
 def write_logs(config: SyntheticConfig, logs: SyntheticLogs,
                output_dir: str) -> dict[str, Any]:
   """Writes the day files and oracle.json; returns the oracle summary."""
+  # pandas (~1 s) only to write: generating, item_latents and --help need none.
   import pandas as pd  # pylint: disable=g-import-not-at-top
 
   # First, so that data too small for an oracle AUC (one class only) fails

@@ -33,6 +33,7 @@ class ServerError(RuntimeError):
 
 def serialize_example(example: requests.ExampleRequest) -> bytes:
   """The serialized tf.train.Example of `example`."""
+  # Lazy (module docstring): TensorFlow's protos.
   # pylint: disable-next=g-import-not-at-top
   from tensorflow.core.example import example_pb2
 
@@ -45,6 +46,7 @@ def serialize_example(example: requests.ExampleRequest) -> bytes:
 
 def request_inputs(request) -> dict[str, Any]:
   """A PredictRequest's input tensors as numpy arrays (for checks and tests)."""
+  # Lazy (module docstring): TensorFlow.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   return {name: tf.make_ndarray(proto) for name, proto in
@@ -53,6 +55,7 @@ def request_inputs(request) -> dict[str, Any]:
 
 def _tensor_proto(values, dtype_name: str, scalar: bool = False):
   """A TensorProto without importing tf.make_tensor_proto's numpy path."""
+  # Lazy (module docstring): TensorFlow's protos.
   # pylint: disable=g-import-not-at-top
   from tensorflow.core.framework import tensor_pb2
   from tensorflow.core.framework import tensor_shape_pb2
@@ -93,6 +96,7 @@ def rank_predict_request(rank: requests.RankRequest,
                          version: Optional[int] = None,
                          version_label: Optional[str] = None):
   """A gRPC PredictRequest for the `rank` signature."""
+  # Lazy (module docstring): TF Serving's protos import TensorFlow's.
   from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
 
   request = predict_pb2.PredictRequest()
@@ -110,6 +114,7 @@ def examples_predict_request(examples: Sequence[requests.ExampleRequest],
                              version: Optional[int] = None,
                              version_label: Optional[str] = None):
   """A gRPC PredictRequest for `serving_default` (a batch of tf.Examples)."""
+  # Lazy (module docstring): TF Serving's protos import TensorFlow's.
   from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
 
   if not examples:
@@ -157,6 +162,7 @@ def rest_url(server: str, model_name: str = DEFAULT_MODEL_NAME,
 
 def send_grpc(request, server: str, timeout_s: float = 10.0) -> list[float]:
   """Sends a PredictRequest to HOST:PORT (gRPC); returns the probabilities."""
+  # Lazy (module docstring): TF Serving's protos import TensorFlow's.
   # pylint: disable-next=g-import-not-at-top
   from tensorflow_serving.apis import prediction_service_pb2_grpc
 

@@ -177,6 +177,8 @@ def count_transformed_days(
     file_pattern: list[str], data_accessor: Any, tf_transform_output: Any
 ) -> dict[int, int]:
   """Examples per UTC day of Transform's output (its `timestamp`), one pass."""
+  # tfx_bsl (Arrow and Beam, seconds) only for TFX's Transform output; the
+  # standalone trainer's input needs none.
   from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
 
   schema = _timestamp_schema(tf_transform_output.transformed_metadata.schema)
@@ -228,6 +230,7 @@ def make_transformed_dataset(
     seed: shuffle seed.
     time_range: keep only the examples whose timestamp lies in it (None: all).
   """
+  # Lazy as in count_transformed_days().
   from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
 
   dataset = data_accessor.tf_dataset_factory(

@@ -94,6 +94,8 @@ def run_fn(fn_args: Any) -> None:
     training.TrainingError: an empty split, too few training days for the
       validation split, or model_run_dir holding another run's checkpoint.
   """
+  # TF Transform (with Beam, seconds) only when the Trainer runs: importing
+  # this module for its custom_config checks stays fast.
   import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
 
   model_config, train_config = trainer_configs(

@@ -84,6 +84,7 @@ def make_examples(config: ToyDataConfig) -> list[dict[str, Any]]:
 
 def serialize(example: dict[str, Any]) -> bytes:
   """One raw example -> serialized tf.train.Example."""
+  # TensorFlow (~5 s) only to serialize: make_examples needs none.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   feature = {}
@@ -95,6 +96,7 @@ def serialize(example: dict[str, Any]) -> bytes:
 
 def write_tfrecords(path: str, examples: Iterable[dict[str, Any]]) -> int:
   """Writes a GZIP TFRecord file (ingestion's format); returns the count."""
+  # Lazy as in serialize().
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   count = 0
