@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from preprocessing import typed_config
+from trainer.layers import input_checks
 from trainer.layers import simhash
 
 # float32 represents every integer up to 2**24 exactly.
@@ -59,12 +61,8 @@ class HammingTopK(tf.keras.layers.Layer):
 
   def __init__(self, k: int = 64, prefer_recent: bool = False, **kwargs):
     super().__init__(**kwargs)
-    if isinstance(k, bool) or not isinstance(k, int):
-      raise ValueError(f"k must be an int, got {k!r}.")
-    if k < 1:
-      raise ValueError(f"k must be >= 1, got {k}.")
-    if not isinstance(prefer_recent, bool):
-      raise ValueError(f"prefer_recent must be a bool, got {prefer_recent!r}.")
+    typed_config.int_value("k", k, 1)
+    typed_config.bool_value("prefer_recent", prefer_recent)
     self.k = k
     self.prefer_recent = prefer_recent
 
@@ -108,8 +106,7 @@ class HammingTopK(tf.keras.layers.Layer):
     query_signatures = tf.convert_to_tensor(query_signatures)
     key_signatures = tf.convert_to_tensor(key_signatures)
     mask = tf.convert_to_tensor(mask)
-    if mask.dtype != tf.bool:
-      raise ValueError(f"mask must be bool, got {mask.dtype.name}.")
+    input_checks.check_bool_mask(mask)
     length = self._check_shapes(
         query_signatures.shape, key_signatures.shape, mask.shape
     )
