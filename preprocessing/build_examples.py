@@ -80,7 +80,7 @@ def _define_flags() -> None:
   )
   flags.DEFINE_integer("seed", 0, "Negative sampling seed.")
   flags.DEFINE_integer(
-      "chunk_seconds", 86_400,
+      "chunk_seconds", features.SECONDS_PER_DAY,
       "Time chunk of the (user, chunk) keys that spread a heavy user's work.",
   )
   flags.DEFINE_integer(

@@ -18,6 +18,9 @@ from typing import Optional
 # example stores `hist_behavior_types` as the index into this tuple.
 BEHAVIOR_TYPES: tuple[str, ...] = ("pv", "cart", "fav", "buy")
 
+# Days are UTC days: spans, the eval split and the time chunks count these.
+SECONDS_PER_DAY = 86_400
+
 DEFAULT_MAX_SEQ_LEN = 1024
 # The longest history we support end to end (ingestion, training, serving).
 MAX_SUPPORTED_SEQ_LEN = 10_000

@@ -117,7 +117,7 @@ class IngestionConfig:
   max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN
   min_history: int = 1
   eval_days: int = 1
-  chunk_seconds: int = sequence_builder.SECONDS_PER_DAY
+  chunk_seconds: int = features.SECONDS_PER_DAY
   neg_per_pos: int = 1
   seed: int = 0
   min_timestamp: int = raw_logs.DEFAULT_MIN_TIMESTAMP
@@ -519,7 +519,6 @@ def expand_ingestion(
 
 _DAY_PREFIX = "day:"
 VOLUME_MEASURES: tuple[str, ...] = ("behaviors", "impressions", "examples")
-_SECONDS_PER_DAY = sequence_builder.SECONDS_PER_DAY
 
 
 class _ExampleDay(beam.DoFn):
@@ -535,16 +534,16 @@ class _ExampleDay(beam.DoFn):
   def process(self, serialized):
     example = self._example_pb2.Example.FromString(serialized)
     feature = example.features.feature[features.TIMESTAMP.name]
-    yield feature.int64_list.value[0] // _SECONDS_PER_DAY
+    yield feature.int64_list.value[0] // features.SECONDS_PER_DAY
 
 
 def _daily_volume(behaviors, impressions, train, eval_examples):
   """(day:<measure>:<day>, count) stats: the volume of every UTC day."""
   examples = (train, eval_examples) | "AllExamples" >> beam.Flatten()
   parts = (
-      behaviors | "BehaviorDay" >> beam.Map(lambda b: b.timestamp // _SECONDS_PER_DAY),
+      behaviors | "BehaviorDay" >> beam.Map(lambda b: b.timestamp // features.SECONDS_PER_DAY),
       impressions | "ImpressionDay" >> beam.Map(
-          lambda i: i.timestamp // _SECONDS_PER_DAY
+          lambda i: i.timestamp // features.SECONDS_PER_DAY
       ),
       examples | "ExampleDay" >> beam.ParDo(_ExampleDay()),
   )
@@ -572,8 +571,8 @@ def _volume_by_day(
   if config.impression_start_timestamp is not None and (
       config.impression_end_timestamp is not None
   ):
-    first = config.impression_start_timestamp // _SECONDS_PER_DAY
-    last = (config.impression_end_timestamp - 1) // _SECONDS_PER_DAY
+    first = config.impression_start_timestamp // features.SECONDS_PER_DAY
+    last = (config.impression_end_timestamp - 1) // features.SECONDS_PER_DAY
   else:
     days = [d for d, c in counts.items() if c.get("impressions")]
     if not days:
@@ -603,7 +602,7 @@ def volume_problems(
   if min_ratio <= 0 or eval_start_timestamp is None:
     return []
   eval_day = datetime.date(1970, 1, 1) + datetime.timedelta(
-      days=eval_start_timestamp // _SECONDS_PER_DAY
+      days=eval_start_timestamp // features.SECONDS_PER_DAY
   )
   earlier = [d for d in volume_by_day if d < eval_day.isoformat()]
   later = sorted(d for d in volume_by_day if d >= eval_day.isoformat())

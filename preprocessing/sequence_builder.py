@@ -49,7 +49,6 @@ from preprocessing import history as history_rule
 from preprocessing import raw_logs
 from preprocessing import typed_config
 
-SECONDS_PER_DAY = 86_400
 
 # Columns of a sorted behaviour array [n, 4] (int64): the history rule's.
 _TS, _ITEM, _CATEGORY, _TYPE = (
@@ -106,7 +105,7 @@ class SequenceConfig:
   max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN
   min_history: int = 1
   eval_days: int = 1
-  chunk_seconds: int = SECONDS_PER_DAY
+  chunk_seconds: int = features.SECONDS_PER_DAY
   with_behavior_types: bool = True
   eval_start_timestamp: Optional[int] = None
   impression_start_timestamp: Optional[int] = None
@@ -130,9 +129,9 @@ class SequenceConfig:
 def eval_start_for(max_impression_timestamp: int, eval_days: int) -> int:
   """First second of the last `eval_days` UTC days ending on the latest's day."""
   last_day_start = max_impression_timestamp - (
-      max_impression_timestamp % SECONDS_PER_DAY
+      max_impression_timestamp % features.SECONDS_PER_DAY
   )
-  return last_day_start - (eval_days - 1) * SECONDS_PER_DAY
+  return last_day_start - (eval_days - 1) * features.SECONDS_PER_DAY
 
 
 def _as_rows(values: Iterable[tuple[int, ...]], width: int) -> np.ndarray:

@@ -21,7 +21,6 @@ from preprocessing import ingestion
 from preprocessing import raw_logs
 from preprocessing import typed_config
 
-SECONDS_PER_DAY = 86_400
 _DATE_SPECS = ("{YYYY}", "{MM}", "{DD}")
 _DATE_GLOB = {"{YYYY}": "????", "{MM}": "??", "{DD}": "??"}
 _DATE_REGEX = {"{YYYY}": r"(\d{4})", "{MM}": r"(\d{2})", "{DD}": r"(\d{2})"}
@@ -56,7 +55,7 @@ class ExampleGenSettings:
   eval_days: int = 1
   neg_per_pos: int = 1
   seed: int = 0
-  chunk_seconds: int = SECONDS_PER_DAY
+  chunk_seconds: int = features.SECONDS_PER_DAY
   min_volume_ratio: float = 0.0
 
   def __post_init__(self):
@@ -184,9 +183,9 @@ def ingestion_config_for_span(
       input_patterns=inputs,
       behavior_patterns=history,
       min_volume_ratio=settings.min_volume_ratio,
-      max_timestamp=(span + 2) * SECONDS_PER_DAY,
-      eval_start_timestamp=(span - settings.eval_days + 1) * SECONDS_PER_DAY,
-      impression_start_timestamp=first_day * SECONDS_PER_DAY,
-      impression_end_timestamp=(span + 1) * SECONDS_PER_DAY,
+      max_timestamp=(span + 2) * features.SECONDS_PER_DAY,
+      eval_start_timestamp=(span - settings.eval_days + 1) * features.SECONDS_PER_DAY,
+      impression_start_timestamp=first_day * features.SECONDS_PER_DAY,
+      impression_end_timestamp=(span + 1) * features.SECONDS_PER_DAY,
       **common,
   )

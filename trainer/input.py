@@ -26,7 +26,7 @@ from preprocessing import features
 from preprocessing import transforms
 
 
-SECONDS_PER_DAY = 86_400
+SECONDS_PER_DAY = features.SECONDS_PER_DAY  # trainer/training.py reads it here
 # Serialized records parsed together when only the timestamp is needed.
 _TIMESTAMP_BATCH = 1024
 
