@@ -41,7 +41,8 @@ import psutil
 
 from preprocessing import environment
 from preprocessing import raw_logs
-from preprocessing import synthetic
+from preprocessing import synthetic_world
+from preprocessing import synthetic_writer
 
 _USERS = flags.DEFINE_integer("users", 3000, "Synthetic users.")
 _MAX_EVENTS = flags.DEFINE_integer(
@@ -236,7 +237,7 @@ def _measure(argv: list[str]) -> dict[str, Any]:
 def compare() -> None:
 
   scratch = os.path.abspath(_SCRATCH.value)
-  synth = synthetic.SyntheticConfig(
+  synth = synthetic_world.SyntheticConfig(
       users=_USERS.value, seed=0, min_events_per_user=50,
       max_events_per_user=_MAX_EVENTS.value, days=30, impression_days=5,
       eval_days=1,
@@ -246,7 +247,7 @@ def compare() -> None:
   wanted = json.dumps(dataclasses.asdict(synth), sort_keys=True)
   if not os.path.exists(stamp) or open(stamp).read() != wanted:
     started = time.perf_counter()
-    oracle = synthetic.generate_to_dir(synth, data_dir)
+    oracle = synthetic_writer.generate_to_dir(synth, data_dir)
     with open(stamp, "w") as handle:
       handle.write(wanted)
     print(f"generated {oracle['behaviors']} behaviours in "

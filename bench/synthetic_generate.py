@@ -23,7 +23,8 @@ from absl import flags
 
 from preprocessing import environment
 from preprocessing import flag_parsing
-from preprocessing import synthetic
+from preprocessing import synthetic_world
+from preprocessing import synthetic_writer
 
 SCALES = {
     "demo (defaults)": {},
@@ -39,11 +40,11 @@ SCALES = {
 
 def _measure(overrides: dict, output_dir: str) -> dict:
   """Runs in the worker process: generate, write, report."""
-  config = synthetic.SyntheticConfig.from_dict(overrides)
+  config = synthetic_world.SyntheticConfig.from_dict(overrides)
   started = time.perf_counter()
-  logs = synthetic.generate(config)
+  logs = synthetic_world.generate(config)
   generated = time.perf_counter()
-  synthetic.write_logs(config, logs, output_dir)
+  synthetic_writer.write_logs(config, logs, output_dir)
   written = time.perf_counter()
   disk = sum(os.path.getsize(os.path.join(root, name))
              for root, _, names in os.walk(output_dir) for name in names)

@@ -13,7 +13,7 @@ models on the train days and scores the eval day(s):
 - reachable: the whole features plus what the generator knows and no log
   shows (issue 10 item 6): the same counts, shares and gaps over the
   candidate's latent CLUSTER instead of its category, and the item's true
-  log popularity (`preprocessing.synthetic.item_latents`, recomputed from
+  log popularity (`preprocessing.synthetic_world.item_latents`, recomputed from
   the config in oracle.json). What a model that learned the clusters and
   the popularity from the ids could reach; the oracle also knows the
   user's interests, which no history states exactly.
@@ -41,7 +41,8 @@ import numpy as np
 from preprocessing import environment
 from preprocessing import features
 from preprocessing import flag_parsing
-from preprocessing import synthetic
+from preprocessing import synthetic_world
+from preprocessing import synthetic_writer
 
 _KEY_SHIFT = 31  # positions and timestamps fit in 31 bits (Unix s < 2^31)
 NO_EVENT_GAP_SECONDS = 10 ** 8  # "never seen": longer than any log
@@ -256,7 +257,7 @@ def latent_features(behaviors, impressions,
 
   Args:
     behaviors, impressions: as for build_features.
-    latents: `preprocessing.synthetic.item_latents` of the generating config
+    latents: `preprocessing.synthetic_world.item_latents` of the generating config
       (raw item id -> cluster, log popularity).
     short_len: length of the short history.
   """
@@ -311,7 +312,7 @@ def run_study(data_dir: str, seed: int = 0) -> dict[str, Any]:
   if config is not None:  # written by preprocessing.synthetic: the latents are known
     values.update(latent_features(
         logs.behaviors, logs.impressions,
-        synthetic.item_latents(synthetic.SyntheticConfig.from_dict(config))))
+        synthetic_world.item_latents(synthetic_world.SyntheticConfig.from_dict(config))))
   feature_seconds = time.perf_counter() - started
   impressions = logs.impressions
   is_eval = impressions["timestamp"].to_numpy() >= logs.eval_start_timestamp
@@ -391,10 +392,10 @@ def main(argv):
     runs.append(run_study(flags.FLAGS.data_dir, seed=seeds[0]))
   else:
     for seed in seeds:
-      config = synthetic.SyntheticConfig(users=flags.FLAGS.users, seed=seed)
+      config = synthetic_world.SyntheticConfig(users=flags.FLAGS.users, seed=seed)
       data_dir = os.path.join("bench", "scratch", f"synthetic_signal_{seed}")
       started = time.perf_counter()
-      synthetic.generate_to_dir(config, data_dir)
+      synthetic_writer.generate_to_dir(config, data_dir)
       generate_seconds = time.perf_counter() - started
       run = run_study(data_dir, seed=seed)
       run.update(seed=seed, generate_seconds=generate_seconds,

@@ -27,7 +27,8 @@ from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 from pipeline import run_report
 from pipeline import schema_builder
-from preprocessing import synthetic
+from preprocessing import synthetic_world
+from preprocessing import synthetic_writer
 
 pytestmark = pytest.mark.e2e
 
@@ -38,8 +39,8 @@ _DATA_CACHED = ("ExampleGen", "StatisticsGen", "ExampleValidator", "DataGate", "
 
 
 def _make_data(root: str) -> str:
-  synthetic.generate_to_dir(
-      synthetic.SyntheticConfig(
+  synthetic_writer.generate_to_dir(
+      synthetic_world.SyntheticConfig(
           users=300, items=1000, categories=10, clusters=40, days=12,
           impression_days=4, eval_days=1, end_date=DATE,
           min_events_per_user=20, max_events_per_user=150,

@@ -1,4 +1,5 @@
-"""Tests of the synthetic log generator (preprocessing/synthetic.py).
+"""Tests of the synthetic log generator (preprocessing/synthetic_world.py,
+synthetic_writer.py and the command line preprocessing/synthetic.py).
 
 Every check parses the written files and recomputes from them; the oracle
 AUC is checked against sklearn, the signal study's features against a
@@ -23,7 +24,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from preprocessing import features
-from preprocessing import synthetic
+from preprocessing import synthetic_world
+from preprocessing import synthetic_writer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = dict(users=60, items=300, categories=5, clusters=20, days=6,
@@ -32,9 +34,9 @@ TINY = dict(users=60, items=300, categories=5, clusters=20, days=6,
 
 
 def _write(tmp_path_factory, name, **overrides):
-  config = synthetic.SyntheticConfig(**{**TINY, **overrides})
+  config = synthetic_world.SyntheticConfig(**{**TINY, **overrides})
   out = tmp_path_factory.mktemp(name)
-  synthetic.generate_to_dir(config, str(out))
+  synthetic_writer.generate_to_dir(config, str(out))
   return config, out
 
 
@@ -107,7 +109,7 @@ def test_behavior_rows_parse_in_taobao_format(tiny):
         user, item, category, kind, timestamp = row
         assert all(v.isdigit() and int(v) > 0 for v in (user, item, category))
         assert kind in features.BEHAVIOR_TYPES
-        assert start <= int(timestamp) < start + synthetic.SECONDS_PER_DAY
+        assert start <= int(timestamp) < start + features.SECONDS_PER_DAY
   behaviors = _behaviors(out)
   # Every type occurs, pv dominates as in the Taobao log.
   shares = behaviors["behavior_type"].value_counts(normalize=True)
@@ -137,7 +139,7 @@ def test_impressions_and_truth_aligned_and_inside_their_day(tiny):
   assert truth["click_probability"].between(0, 1, inclusive="neither").all()
   starts = shown["file_day"].map(_day_start)
   assert (shown["timestamp"] >= starts).all()
-  assert (shown["timestamp"] < starts + synthetic.SECONDS_PER_DAY).all()
+  assert (shown["timestamp"] < starts + features.SECONDS_PER_DAY).all()
   # Every impression's user has a behaviour log.
   assert set(shown["user_id"]) <= set(_behaviors(out)["user_id"])
   assert len(shown) > config.users * config.impression_days  # Poisson mean 4
@@ -194,10 +196,10 @@ def test_roc_auc_matches_sklearn_with_ties():
   rng = np.random.default_rng(0)
   labels = rng.random(500) < 0.3
   scores = rng.integers(0, 7, 500).astype(float)  # many ties
-  assert synthetic.roc_auc(labels, scores) == pytest.approx(
+  assert synthetic_writer.roc_auc(labels, scores) == pytest.approx(
       roc_auc_score(labels, scores), abs=1e-12)
   with pytest.raises(ValueError, match="both classes"):
-    synthetic.roc_auc(np.ones(3), np.arange(3))
+    synthetic_writer.roc_auc(np.ones(3), np.arange(3))
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -216,13 +218,13 @@ def test_roc_auc_matches_sklearn_with_ties():
 ])
 def test_bad_config_raises_clear_error(overrides, message):
   with pytest.raises(ValueError, match=message):
-    synthetic.SyntheticConfig(**{**TINY, **overrides})
+    synthetic_world.SyntheticConfig(**{**TINY, **overrides})
 
 
 def test_from_dict_rejects_unknown_keys():
   with pytest.raises(ValueError, match="unknown SyntheticConfig keys.*usrs"):
-    synthetic.SyntheticConfig.from_dict({"usrs": 3})
-  assert synthetic.SyntheticConfig.from_dict({"users": 3}).users == 3
+    synthetic_world.SyntheticConfig.from_dict({"usrs": 3})
+  assert synthetic_world.SyntheticConfig.from_dict({"users": 3}).users == 3
 
 
 def test_cli_writes_files_and_rejects_bad_flags(tmp_path):
@@ -318,7 +320,7 @@ def test_seen_before_matches_brute_force():
   user = rng.integers(0, 6, 200)
   item = rng.integers(0, 21, 200)
   time = rng.integers(0, 110, 200)
-  got = synthetic._seen_before(event_user, event_item, event_time, 21, user,
+  got = synthetic_world._seen_before(event_user, event_item, event_time, 21, user,
                                item, time)
   events = list(zip(event_user, event_item, event_time))
   expected = [any(u == qu and i == qi and t < qt for u, i, t in events)
@@ -332,9 +334,9 @@ def test_whole_history_features_beat_the_last_50_and_the_oracle_beats_both(
   # The planted long-range signal, at a small scale with a fixed seed: the
   # same logistic regression scores higher on whole-history features than on
   # last-50 ones, and the true probabilities score higher still.
-  config = synthetic.SyntheticConfig(users=400, seed=0, items=3000,
+  config = synthetic_world.SyntheticConfig(users=400, seed=0, items=3000,
                                      clusters=150, categories=30)
-  synthetic.generate_to_dir(config, str(tmp_path))
+  synthetic_writer.generate_to_dir(config, str(tmp_path))
   study = _load_study()
   logs = study.read_logs(str(tmp_path))
   values = study.build_features(logs.behaviors, logs.impressions)
@@ -355,7 +357,7 @@ def test_whole_history_features_beat_the_last_50_and_the_oracle_beats_both(
 
 def test_item_latents_are_the_world_of_the_generated_logs(tiny):
   config, out = tiny
-  latents = synthetic.item_latents(config)
+  latents = synthetic_world.item_latents(config)
   rows = pd.concat([_behaviors(out), _impressions(out)], ignore_index=True)
   cluster_of = dict(zip(latents["item_id"].tolist(), latents["cluster"].tolist()))
   assert set(rows["item_id"]) <= set(cluster_of)
@@ -375,7 +377,7 @@ def test_signal_study_cluster_counts_lie_between_item_and_category(tiny):
   logs = study.read_logs(str(out))
   whole = study.build_features(logs.behaviors, logs.impressions, short_len=10)
   latent = study.latent_features(logs.behaviors, logs.impressions,
-                                 synthetic.item_latents(config), short_len=10)
+                                 synthetic_world.item_latents(config), short_len=10)
   assert set(latent) == set(study.LATENT_FEATURES)
   for window in ("short", "whole"):
     cluster = latent[f"{window}_cluster_count"]
