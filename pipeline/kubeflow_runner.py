@@ -26,6 +26,7 @@ from absl import flags
 from pipeline import configs
 from pipeline import pipeline as pipeline_lib
 from preprocessing import environment
+from preprocessing import features
 from preprocessing import flag_parsing
 
 # KFP schedules use 6-field cron expressions (seconds first, robfig/cron).
@@ -48,7 +49,9 @@ def _define_flags() -> None:
   flags.DEFINE_string("image_repo_root", DEFAULT_IMAGE_REPO_ROOT, "Repository path in the image.")
   flags.DEFINE_string("model", "eta", "Model variant.")
   flags.DEFINE_integer("train_steps", 1000, "Trainer steps.")
-  flags.DEFINE_integer("max_seq_len", 1024, "History length (must match the schema).")
+  flags.DEFINE_integer(
+      "max_seq_len", features.DEFAULT_MAX_SEQ_LEN, "History length (must match the schema)."
+  )
   flags.DEFINE_integer("rolling_window_days", 7, "Days of impressions per run.")
   flags.DEFINE_string("cron", DEFAULT_KFP_CRON, "KFP cron expression (6 fields, UTC).")
   flags.DEFINE_string("experiment", "eta-ctr", "KFP experiment of the recurring run.")
