@@ -27,6 +27,7 @@ from trainer import config
 from trainer import export
 from trainer import input as input_lib
 from trainer import serving_signatures
+from trainer.layers import history_statistics
 from trainer.layers import retrieval
 
 from tests import model_helpers
@@ -140,7 +141,8 @@ HISTORIES = {
 
 
 # Every variant, plus eta at the defaults' id settings (no item ids,
-# retrieval over [category] hashed per request) with the linear shortcut.
+# retrieval over [category] hashed per request) with the linear shortcut and
+# the statistics' quantile bins.
 MODEL_NAMES = config.VARIANTS + ("eta_default",)
 
 
@@ -152,7 +154,11 @@ def models():
   }
   built["eta_default"] = model_helpers.randomized_model(small_config(
       "eta", use_item_ids=False, retrieval_embedding="item_category",
-      linear_shortcut=True, prefer_recent=True), seed=99)
+      linear_shortcut=True, prefer_recent=True, statistics_bins=4), seed=99)
+  # Bins spread over the statistics' range (log1p counts, fractions), so
+  # both paths must encode the same way for rank to match.
+  built["eta_default"].long_branch.statistics_encoding.adapt(
+      np.random.default_rng(7).exponential(0.6, (200, history_statistics.num_statistics())))
   return built
 
 

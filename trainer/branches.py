@@ -23,12 +23,15 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from preprocessing import features
 from preprocessing import transforms
+from preprocessing import typed_config
 from trainer import config as config_lib
 from trainer.layers import history_statistics
+from trainer.layers import piecewise_linear
 from trainer.layers import retrieval
 from trainer.layers import sam
 from trainer.layers import sdim
@@ -271,6 +274,9 @@ class LongBranch(tf.keras.layers.Layer):
     embeddings: the model's FeatureEmbeddings (shared, not owned).
     short_seq_len: the statistics' short window.
     long_statistics: append `history_statistics` to the output.
+    statistics_bins: with long_statistics, each statistic also enters as
+      its position in this many quantile bins (`PiecewiseLinearEncoding`,
+      boundaries set by `adapt_statistics` from training data); 0: raw only.
     jit_compile: run the heavy pieces under XLA in the batch path.
     **kwargs: standard Layer arguments.
 
@@ -288,6 +294,7 @@ class LongBranch(tf.keras.layers.Layer):
       embeddings: FeatureEmbeddings,
       short_seq_len: int = features.SHORT_SEQ_LEN,
       long_statistics: bool = True,
+      statistics_bins: int = 0,
       jit_compile: bool = False,
       **kwargs,
   ):
@@ -303,6 +310,12 @@ class LongBranch(tf.keras.layers.Layer):
     self.embeddings = embeddings
     self.short_seq_len = short_seq_len
     self.long_statistics = long_statistics
+    self.statistics_bins = typed_config.int_value("statistics_bins", statistics_bins, 0)
+    self.statistics_encoding = (
+        piecewise_linear.PiecewiseLinearEncoding(
+            num_bins=statistics_bins, name="statistics_encoding")
+        if long_statistics and statistics_bins else None
+    )
     self.jit_compile = jit_compile
     self._compiled = _CompiledFunctions()
     self._xla_off = 0
@@ -336,16 +349,28 @@ class LongBranch(tf.keras.layers.Layer):
   def interest_shared(self, candidates, history, mask) -> tf.Tensor:
     raise NotImplementedError
 
-  def _statistics(self, candidates, history, mask) -> tf.Tensor:
+  def raw_statistics(self, candidates, history, mask) -> tf.Tensor:
+    """The history statistics before any encoding, float32 [B, num_statistics()]."""
     slots = {name: candidates[name][:, tf.newaxis] for name in (_ITEM, _CATEGORY)}
     return history_statistics.history_statistics(
         slots, history, mask, self.short_seq_len
     )[:, 0]
 
+  def _encoded(self, statistics: tf.Tensor) -> tf.Tensor:
+    if self.statistics_encoding is None:
+      return statistics
+    return self.statistics_encoding(statistics)
+
+  def adapt_statistics(self, statistics: np.ndarray) -> None:
+    """Sets the statistics' bin boundaries from raw statistics [n, S] of
+    training examples (no-op without the encoding)."""
+    if self.statistics_encoding is not None:
+      self.statistics_encoding.adapt(statistics)
+
   def call(self, candidates, history, mask, training=False):
     parts = [self.interest(candidates, history, mask, training)]
     if self.long_statistics:
-      parts.append(self._statistics(candidates, history, mask))
+      parts.append(self._encoded(self.raw_statistics(candidates, history, mask)))
     return tf.concat(parts, axis=-1)
 
   def shared(self, candidates, history, mask) -> tf.Tensor:
@@ -353,10 +378,10 @@ class LongBranch(tf.keras.layers.Layer):
     parts = [self.interest_shared(candidates, history, mask)]
     if self.long_statistics:
       slots = {name: candidates[name][tf.newaxis] for name in (_ITEM, _CATEGORY)}
-      parts.append(history_statistics.history_statistics(
+      parts.append(self._encoded(history_statistics.history_statistics(
           slots, {k: v[tf.newaxis] for k, v in history.items()}, mask[tf.newaxis],
           self.short_seq_len,
-      )[0])
+      )[0]))
     return tf.concat(parts, axis=-1)
 
   def get_config(self) -> dict[str, Any]:
@@ -365,6 +390,7 @@ class LongBranch(tf.keras.layers.Layer):
         "embeddings": tf.keras.layers.serialize(self.embeddings),
         "short_seq_len": self.short_seq_len,
         "long_statistics": self.long_statistics,
+        "statistics_bins": self.statistics_bins,
         "jit_compile": self.jit_compile,
     })
     return config
@@ -785,7 +811,8 @@ def build_branch(
     return None
   common = dict(
       embeddings=embeddings, short_seq_len=c.short_seq_len,
-      long_statistics=c.long_statistics, jit_compile=c.jit_compile,
+      long_statistics=c.long_statistics, statistics_bins=c.statistics_bins,
+      jit_compile=c.jit_compile,
       name="long_branch",
   )
   attention = dict(num_heads=c.num_heads, head_dim=c.head_dim, dropout=c.dropout)

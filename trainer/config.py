@@ -125,6 +125,10 @@ class ModelConfig(typed_config.TypedConfig):
     long_statistics: append the target-aware history statistics
       (trainer/layers/history_statistics.py) to every long branch; din,
       the short-history baseline, never gets them.
+    statistics_bins: with long_statistics, each statistic also enters the
+      head as its position in this many quantile bins, the boundaries set
+      from training examples before training
+      (trainer/layers/piecewise_linear.py); 0: the raw statistics only.
     sdim_num_bits / sdim_tau: SDIM hashing (m bits in groups of tau).
     seed: seed of the SimHash projections and of weight initialisation.
     jit_compile: run retrieval and attention under XLA when training
@@ -166,6 +170,7 @@ class ModelConfig(typed_config.TypedConfig):
   use_item_ids: bool = False
   retrieval_embedding: str = "item_category"
   long_statistics: bool = True
+  statistics_bins: int = 0
   sdim_num_bits: int = 48
   sdim_tau: int = 3
   seed: int = 0
@@ -219,6 +224,7 @@ class ModelConfig(typed_config.TypedConfig):
           "use_item_ids=False needs retrieval_embedding='item_category' "
           "(there is no item embedding to retrieve with)"
       )
+    _check_int(self, "statistics_bins", 0, 64)
     _check_int(self, "sdim_tau", 1)
     if self.sdim_num_bits not in ETA_NUM_BITS:
       raise ConfigError(

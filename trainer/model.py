@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator, Mapping, Optional
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -168,13 +169,18 @@ class EtaModel(tfrs.models.Model):
 
   # --- the two paths --------------------------------------------------------
 
-  def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-    c = self.model_config
+  def _batch_pieces(self, inputs: Mapping[str, tf.Tensor]):
+    """Batch inputs -> (item [B], category [B], history, mask [B, L], hist_length [B])."""
     item_id = tf.reshape(inputs[features.ITEM_ID.name], [-1])
     category_id = tf.reshape(inputs[features.CATEGORY_ID.name], [-1])
     hist_length = tf.reshape(inputs[transforms.HIST_LENGTH], [-1])
     history = {name: inputs[name] for name in transforms.SEQUENCE_OUTPUTS}
-    mask = valid_mask(hist_length, c.max_seq_len)
+    mask = valid_mask(hist_length, self.model_config.max_seq_len)
+    return item_id, category_id, history, mask, hist_length
+
+  def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    c = self.model_config
+    item_id, category_id, history, mask, hist_length = self._batch_pieces(inputs)
     candidates = self.candidates(item_id, category_id)
     short = c.short_seq_len
     short_keys = self.feature_embeddings.short_keys(
@@ -224,6 +230,30 @@ class EtaModel(tfrs.models.Model):
       parts.append(self.long_branch.shared(candidates, history, mask))
     n = tf.shape(item)[0]
     return self.head(parts, tf.broadcast_to(hist_length, [n]))
+
+  def adapt_statistics(self, dataset: tf.data.Dataset, max_examples: int = 100_000) -> int:
+    """Sets the statistics' quantile bins from (features, label) batches.
+
+    Give it training examples only (never the validation or eval days):
+    the bins are part of the model. Reads at most `max_examples` (the
+    first ones of `dataset`). Returns the examples read (0 when the model
+    has no statistics encoding).
+    """
+    branch = self.long_branch
+    if branch is None or branch.statistics_encoding is None:
+      return 0
+    collected, count = [], 0
+    for inputs, _ in dataset:
+      item_id, category_id, history, mask, _ = self._batch_pieces(inputs)
+      slots = {features.ITEM_ID.name: item_id, features.CATEGORY_ID.name: category_id}
+      collected.append(branch.raw_statistics(slots, history, mask).numpy())
+      count += len(collected[-1])
+      if count >= max_examples:
+        break
+    if not count:
+      raise ValueError("adapt_statistics got no examples")
+    branch.adapt_statistics(np.concatenate(collected)[:max_examples])
+    return min(count, max_examples)
 
   def history_window(self) -> int:
     """Most recent positions any part of the model reads (din: the short ones)."""

@@ -8,6 +8,7 @@ shadow the submodule of the same name.
 """
 
 from trainer.layers.din_attention import DinAttention
+from trainer.layers.piecewise_linear import PiecewiseLinearEncoding
 from trainer.layers.retrieval import HammingTopK
 from trainer.layers.sam import SparseAttentiveMemory
 from trainer.layers.sdim import SdimAggregation
@@ -18,6 +19,7 @@ __all__ = [
     "DinAttention",
     "HammingTopK",
     "MultiHeadTargetAttention",
+    "PiecewiseLinearEncoding",
     "SdimAggregation",
     "SparseAttentiveMemory",
     "SimHash",
