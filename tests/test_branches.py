@@ -72,8 +72,8 @@ def test_config_round_trip_and_output_width(variant):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"embedding_dim": 0}, "embedding_dim must be a positive int"),
-    ({"init_stddev": 0.0}, "init_stddev must be a positive number"),
+    ({"embedding_dim": 0}, "embedding_dim must be >= 1"),
+    ({"init_stddev": 0.0}, "init_stddev must be > 0"),
     ({"retrieval_embedding": "query"}, "retrieval_embedding must be one of"),
     ({"use_item_ids": False, "retrieval_embedding": "item"}, "needs retrieval_embedding"),
 ])
@@ -83,8 +83,8 @@ def test_feature_embeddings_refuse_bad_arguments(kwargs, message):
 
 
 @pytest.mark.parametrize("cls, kwargs, message", [
-    (branches.EtaBranch, {"top_k": 0}, "top_k must be a positive int"),
-    (branches.SimHardBranch, {"short_seq_len": 0}, "short_seq_len must be a positive int"),
+    (branches.EtaBranch, {"top_k": 0}, "top_k must be >= 1"),
+    (branches.SimHardBranch, {"short_seq_len": 0}, "short_seq_len must be >= 1"),
     (branches.FullAttentionBranch, {"long_statistics": 1}, "long_statistics must be a bool"),
     (branches.EtaBranch, {"num_bits": 24}, "num_bits must be one of"),
 ])

@@ -88,22 +88,18 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
       self,
       embedding_dim: int = 32,
       side_embedding_dim: int = 8,
-      init_stddev: float = 1.0,
+      init_stddev: float = 0.05,
       use_item_ids: bool = True,
       retrieval_embedding: str = "item",
       attention_embedding_dim: Optional[int] = None,
       **kwargs,
   ):
     super().__init__(**kwargs)
-    for name, value in (("embedding_dim", embedding_dim),
-                        ("side_embedding_dim", side_embedding_dim)):
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    if isinstance(init_stddev, bool) or not isinstance(init_stddev, (int, float)) \
-        or init_stddev <= 0:
-      raise ValueError(f"init_stddev must be a positive number, got {init_stddev!r}.")
-    if not isinstance(use_item_ids, bool):
-      raise ValueError(f"use_item_ids must be a bool, got {use_item_ids!r}.")
+    typed_config.int_value("embedding_dim", embedding_dim, 1)
+    typed_config.int_value("side_embedding_dim", side_embedding_dim, 1)
+    if typed_config.float_value("init_stddev", init_stddev, 0.0, 1e3) == 0.0:
+      raise typed_config.ConfigError("init_stddev must be > 0, got 0")
+    typed_config.bool_value("use_item_ids", use_item_ids)
     if retrieval_embedding not in config_lib.RETRIEVAL_EMBEDDINGS:
       raise ValueError(
           f"retrieval_embedding must be one of {config_lib.RETRIEVAL_EMBEDDINGS}, "
@@ -111,13 +107,8 @@ class FeatureEmbeddings(tf.keras.layers.Layer):
       )
     if not use_item_ids and retrieval_embedding == "item":
       raise ValueError("use_item_ids=False needs retrieval_embedding='item_category'.")
-    if attention_embedding_dim is not None and (
-        isinstance(attention_embedding_dim, bool)
-        or not isinstance(attention_embedding_dim, int) or attention_embedding_dim < 1):
-      raise ValueError(
-          f"attention_embedding_dim must be None or a positive int, got "
-          f"{attention_embedding_dim!r}."
-      )
+    if attention_embedding_dim is not None:
+      typed_config.int_value("attention_embedding_dim", attention_embedding_dim, 1)
     self.attention_embedding_dim = attention_embedding_dim
     self.embedding_dim = embedding_dim
     self.side_embedding_dim = side_embedding_dim
@@ -301,12 +292,9 @@ class LongBranch(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     if not isinstance(embeddings, FeatureEmbeddings):
       embeddings = tf.keras.layers.deserialize(embeddings)
-    if isinstance(short_seq_len, bool) or not isinstance(short_seq_len, int) \
-        or short_seq_len < 1:
-      raise ValueError(f"short_seq_len must be a positive int, got {short_seq_len!r}.")
-    for name, value in (("long_statistics", long_statistics), ("jit_compile", jit_compile)):
-      if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {value!r}.")
+    typed_config.int_value("short_seq_len", short_seq_len, 1)
+    typed_config.bool_value("long_statistics", long_statistics)
+    typed_config.bool_value("jit_compile", jit_compile)
     self.embeddings = embeddings
     self.short_seq_len = short_seq_len
     self.long_statistics = long_statistics
@@ -408,8 +396,7 @@ class _SelectingBranch(LongBranch):
       **kwargs,
   ):
     super().__init__(**kwargs)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-      raise ValueError(f"top_k must be a positive int, got {top_k!r}.")
+    typed_config.int_value("top_k", top_k, 1)
     self.top_k = top_k
     self.min_positions = top_k
     self.attention = target_attention.MultiHeadTargetAttention(
