@@ -26,7 +26,6 @@ from preprocessing import features
 from preprocessing import transforms
 
 
-SECONDS_PER_DAY = features.SECONDS_PER_DAY  # trainer/training.py reads it here
 # Serialized records parsed together when only the timestamp is needed.
 _TIMESTAMP_BATCH = 1024
 
@@ -51,7 +50,7 @@ def _day_counts(timestamp_batches) -> dict[int, int]:
   """int64 timestamp batches -> {UTC day number (days since 1970-01-01): examples}."""
   counts: dict[int, int] = {}
   for timestamps in timestamp_batches:
-    days, n = np.unique(np.asarray(timestamps).reshape(-1) // SECONDS_PER_DAY,
+    days, n = np.unique(np.asarray(timestamps).reshape(-1) // features.SECONDS_PER_DAY,
                         return_counts=True)
     for day, count in zip(days.tolist(), n.tolist()):
       counts[day] = counts.get(day, 0) + count

@@ -401,7 +401,7 @@ class ValidationSplit:
 
 
 def _date(day: int) -> str:
-  return time.strftime("%Y-%m-%d", time.gmtime(day * input_lib.SECONDS_PER_DAY))
+  return time.strftime("%Y-%m-%d", time.gmtime(day * features.SECONDS_PER_DAY))
 
 
 def split_by_days(day_counts: dict[int, int], validation_days: int) -> ValidationSplit:
@@ -428,7 +428,7 @@ def split_by_days(day_counts: dict[int, int], validation_days: int) -> Validatio
         "validation_days=0 (no early stopping)"
     )
   train, validation = days[:-validation_days], days[-validation_days:]
-  cutoff = validation[0] * input_lib.SECONDS_PER_DAY
+  cutoff = validation[0] * features.SECONDS_PER_DAY
   return ValidationSplit(
       input_lib.TimeRange(end=cutoff), input_lib.TimeRange(start=cutoff),
       tuple(map(_date, train)), tuple(map(_date, validation)),
