@@ -258,7 +258,8 @@ def test_top_k_larger_than_history_is_refused():
 
 def test_embedding_penalty_counts_each_used_row_once(batch):
   inputs, labels = batch
-  model = model_lib.build_model(small_config("din", embedding_l2=0.5))
+  model = model_lib.build_model(
+      small_config("din", embedding_l2=0.5, embedding_init_stddev=1.0))
   items = np.concatenate([inputs["item_id"].numpy().ravel(), inputs["hist_item_ids"].numpy().ravel()])
   cats = np.concatenate([inputs["category_id"].numpy().ravel(),
                          inputs["hist_category_ids"].numpy().ravel()])
