@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded default data: generate the synthetic behaviour
 # log (deterministic, seed 0), then run the whole TFX pipeline locally
-# (LocalDagRunner, SQLite ML Metadata, Beam DirectRunner with 2 processes):
+# (LocalDagRunner, SQLite ML Metadata, Beam DirectRunner in memory: on the
+# demo's 30k examples faster than 2 processes, README; early stopping with
+# patience 1):
 # ingestion -> statistics/schema/anomalies -> Transform -> Trainer (ETA) ->
 # Evaluator vs the last blessed model -> offline infra validation -> Pusher.
 # Called by `make demo`, which sets TF_USE_LEGACY_KERAS=1 and PYTHONPATH.
@@ -26,6 +28,8 @@ set +e
   --pipeline_root="$OUT/pipeline_root" \
   --serving_model_dir="$OUT/serving_model" \
   --train_steps="$TRAIN_STEPS" \
+  --hparam=early_stopping_patience=1 \
+  --beam_pipeline_args=--direct_running_mode=in_memory \
   --model=eta 2>"$LOG" > "$OUT/report.txt" &
 runner=$!
 # Show progress from the runner's log while it works.
