@@ -129,7 +129,7 @@ def test_the_model_adapts_its_statistics_bins_from_the_examples_it_is_given():
       jit_compile=False,
       statistics_bins=4))
   dataset = toy_batches(length)
-  assert model.adapt_statistics(dataset, max_examples=40) == 40
+  assert model.adapt_statistics(lambda: dataset, max_examples=40) == 40
   # The reference: the raw statistics of the first 40 examples, by the
   # brute-force-tested history_statistics, and numpy's quantiles of them.
   raw = []
@@ -156,4 +156,4 @@ def test_models_without_the_encoding_adapt_nothing():
         model=variant, max_seq_len=length, short_seq_len=8, top_k=4, embedding_dim=4,
         jit_compile=False,
         statistics_bins=bins))
-    assert model.adapt_statistics(toy_batches(length)) == 0
+    assert model.adapt_statistics(lambda: pytest.fail("built a dataset it does not read")) == 0

@@ -35,7 +35,7 @@ eta's signature table).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -231,19 +231,23 @@ class EtaModel(tfrs.models.Model):
     n = tf.shape(item)[0]
     return self.head(parts, tf.broadcast_to(hist_length, [n]))
 
-  def adapt_statistics(self, dataset: tf.data.Dataset, max_examples: int = 100_000) -> int:
+  def adapt_statistics(
+      self, make_dataset: Callable[[], tf.data.Dataset], max_examples: int = 100_000
+  ) -> int:
     """Sets the statistics' quantile bins from (features, label) batches.
 
     Give it training examples only (never the validation or eval days):
-    the bins are part of the model. Reads at most `max_examples` (the
-    first ones of `dataset`). Returns the examples read (0 when the model
+    the bins are part of the model. `make_dataset` is called only when the
+    model has a statistics encoding (off by default), so the default path
+    builds no input pipeline for it. Reads at most `max_examples` (the
+    first ones of the dataset). Returns the examples read (0 when the model
     has no statistics encoding).
     """
     branch = self.long_branch
     if branch is None or branch.statistics_encoding is None:
       return 0
     collected, count = [], 0
-    for inputs, _ in dataset:
+    for inputs, _ in make_dataset():
       item_id, category_id, history, mask, _ = self._batch_pieces(inputs)
       slots = {features.ITEM_ID.name: item_id, features.CATEGORY_ID.name: category_id}
       collected.append(branch.raw_statistics(slots, history, mask).numpy())

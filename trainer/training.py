@@ -702,7 +702,7 @@ def run_training(
     compile_model(model, train_config)
   # The statistics' bins from the training days only; a warm start then
   # brings its own bins with the weights that were trained on them.
-  model.adapt_statistics(data.dataset(split.train_range, False))
+  model.adapt_statistics(lambda: data.dataset(split.train_range, False))
   if base_model:
     warm_start(model, base_model)
   # BackupAndRestore restores the newest epoch-end state (weights, optimizer,
@@ -759,7 +759,7 @@ def _refit(model_config, train_config, data, split, early_stopping, strategy, ba
   with strategy.scope():
     model = model_lib.build_model(model_config)
     compile_model(model, refit_config)
-  model.adapt_statistics(data.dataset(None, False))
+  model.adapt_statistics(lambda: data.dataset(None, False))
   if base_model:
     warm_start(model, base_model)
   fit(model, data.dataset(None, True), refit_config,
