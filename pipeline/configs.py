@@ -3,10 +3,13 @@ runner into `create_pipeline`.
 
 `PipelineConfig.from_dict` rejects unknown keys, so a typo in a config file or
 a runner is an error instead of a setting silently ignored. The model and
-training settings are validated by the trainer's own typed configs
-(`trainer.config.ModelConfig`, `TrainConfig`, built from exactly what the
-Trainer will receive), so an unknown variant or an impossible model setting
-is refused when the config is made, before any component runs. Nothing here
+training settings are not repeated here: the config holds the trainer's own
+typed configs (`model_config: trainer.config.ModelConfig`, `train_config:
+TrainConfig`, nested as tf-models' experiment configs hold theirs; a nested
+dict is checked by that config), so an unknown variant or an impossible model
+setting is refused when the config is made, before any component runs. The
+ingestion's and Transform's history length and the negative-sampling seed
+are the model's (`max_seq_len`, `seed` read `model_config`). Nothing here
 imports TFX or TensorFlow; the runners parse flags into this object cheaply.
 """
 
@@ -37,11 +40,15 @@ DEFAULT_BEAM_ARGS: tuple[str, ...] = (
 DEFAULT_HISTORY_LENGTH_EDGES: tuple[int, ...] = (0, 1, 10, 100, 1000)
 
 
-# Trainer settings that PipelineConfig fields own (TrainArgs/EvalArgs or
-# custom_config entries the pipeline writes itself).
+# Trainer settings the runners set by their own flags (or, for seed, the
+# pipeline's default); `trainer_settings` refuses them among the extra
+# hyperparameters (--hparam).
 _MANAGED_TRAINER_SETTINGS = frozenset(
     {"model", "max_seq_len", "batch_size", "seed", "train_steps", "eval_steps"}
 )
+# The pipeline's TrainConfig departs from TrainConfig's defaults here: the
+# Trainer's EvalArgs need a number of steps (None would read all of eval).
+_PIPELINE_TRAIN_DEFAULTS: Mapping[str, Any] = {"eval_steps": 100}
 
 
 # A pipeline setting is missing, unknown or out of range.
@@ -65,17 +72,16 @@ class PipelineConfig(typed_config.TypedConfig):
       newest span found under data_root.
     rolling_window_days: days of impressions in one run (train + eval).
     eval_days: newest days of the window held out for evaluation.
-    max_seq_len: history positions kept per example (ingestion, Transform,
-      model); must equal the schema's sequence bound.
     neg_per_pos: sampled negatives per positive (behavior format).
     min_history: examples with shorter histories are dropped by ingestion.
-    seed: seed of negative sampling and of the model.
-    model: model variant name (`trainer.model`).
-    train_steps / eval_steps: Trainer steps.
-    batch_size: training batch size.
-    hyperparameters: extra model/training settings for `trainer.tfx_trainer.run_fn`
-      (fields of trainer.config.ModelConfig / TrainConfig; validated here
-      with the settings above, as the Trainer will read them).
+    model_config: the model the Trainer builds (variant, sizes,
+      `max_seq_len`, `seed`); a dict is read by `ModelConfig.from_dict`.
+      Its `max_seq_len` is also ingestion's and Transform's history length
+      (it must equal the schema's sequence bound) and its `seed` ingestion's
+      negative-sampling seed (the `max_seq_len` and `seed` properties).
+    train_config: how the Trainer trains (`train_steps`, `eval_steps` for
+      its TrainArgs/EvalArgs, `batch_size`, ...); a dict is read by
+      `TrainConfig.from_dict` over the pipeline's default eval_steps 100.
     warm_start: initialise from the latest blessed (served) model.
     schema_path: the curated schema file imported by ImportSchemaGen.
     max_reject_fraction: the run stops when ingestion rejects more than this
@@ -102,15 +108,14 @@ class PipelineConfig(typed_config.TypedConfig):
   date: Optional[datetime.date] = None
   rolling_window_days: int = 7
   eval_days: int = 1
-  max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN
   neg_per_pos: int = 1
   min_history: int = 1
-  seed: int = 0
-  model: str = "eta"
-  train_steps: int = 1000
-  eval_steps: int = 100
-  batch_size: int = 256
-  hyperparameters: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  model_config: trainer_config.ModelConfig = dataclasses.field(
+      default_factory=trainer_config.ModelConfig
+  )
+  train_config: trainer_config.TrainConfig = dataclasses.field(
+      default_factory=lambda: trainer_config.TrainConfig(**_PIPELINE_TRAIN_DEFAULTS)
+  )
   warm_start: bool = True
   schema_path: str = DEFAULT_SCHEMA_PATH
   max_reject_fraction: float = 0.001
@@ -128,7 +133,11 @@ class PipelineConfig(typed_config.TypedConfig):
     # Frozen: normalise sequences to tuples through object.__setattr__.
     object.__setattr__(self, "beam_pipeline_args", tuple(self.beam_pipeline_args))
     object.__setattr__(self, "history_length_edges", tuple(self.history_length_edges))
-    object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
+    object.__setattr__(self, "model_config", _nested(
+        "model_config", trainer_config.ModelConfig, self.model_config, {}))
+    object.__setattr__(self, "train_config", _nested(
+        "train_config", trainer_config.TrainConfig, self.train_config,
+        _PIPELINE_TRAIN_DEFAULTS))
     if isinstance(self.date, str):
       object.__setattr__(self, "date", parse_date(self.date))
     for name in ("pipeline_root", "data_root", "serving_model_dir"):
@@ -157,28 +166,19 @@ class PipelineConfig(typed_config.TypedConfig):
           f"rolling_window_days ({self.rolling_window_days}): some days must "
           "remain for training"
       )
-    typed_config.check_max_seq_len(self)
+    # The ingestion builds the Transform's short-sequence slice from it.
     if self.max_seq_len < features.SHORT_SEQ_LEN:
       raise ConfigError(
           f"max_seq_len ({self.max_seq_len}) must be at least the short "
           f"sequence length {features.SHORT_SEQ_LEN}"
       )
+    if self.train_config.eval_steps is None:
+      raise ConfigError(
+          "train_config.eval_steps must be an int >= 1 (the Trainer's EvalArgs), got None"
+      )
     _check_int(self, "neg_per_pos", 0)
     _check_int(self, "min_history", 0)
-    _check_int(self, "seed", 0)
-    _check_int(self, "train_steps", 1)
-    _check_int(self, "eval_steps", 1)
-    _check_int(self, "batch_size", 1)
     _check_int(self, "infra_validation_examples", 1)
-    managed = sorted(set(self.hyperparameters) & _MANAGED_TRAINER_SETTINGS)
-    if managed:
-      raise ConfigError(
-          f"hyperparameters must not set {managed}: they are pipeline "
-          "settings (the pipeline passes them to the Trainer)"
-      )
-    if not isinstance(self.model, str) or not self.model:
-      raise ConfigError("model must name a model variant")
-    self.trainer_configs()
     typed_config.check_bool(self, "warm_start", "enable_cache")
     # Checked, not converted: the config fingerprint of a rerun reads them as given.
     for name in ("max_reject_fraction", "auc_lower_bound", "auc_max_decrease"):
@@ -198,15 +198,38 @@ class PipelineConfig(typed_config.TypedConfig):
     if not all(isinstance(a, str) for a in self.beam_pipeline_args):
       raise ConfigError("beam_pipeline_args must be strings")
 
+  @property
+  def max_seq_len(self) -> int:
+    """History positions per example in ingestion, Transform and the model:
+    the model's, the one source."""
+    return self.model_config.max_seq_len
+
+  @property
+  def seed(self) -> int:
+    """Ingestion's negative-sampling seed: the model's seed."""
+    return self.model_config.seed
+
   def trainer_custom_config(self) -> dict[str, Any]:
-    """The Trainer's custom_config for `trainer.tfx_trainer.run_fn`."""
-    return {
-        **self.hyperparameters,
-        "model": self.model,
-        "max_seq_len": self.max_seq_len,
-        "batch_size": self.batch_size,
-        "seed": self.seed,
-    }
+    """The Trainer's custom_config for `trainer.tfx_trainer.run_fn`: the
+    variant, max_seq_len, batch_size and seed, and every other setting of
+    the two configs that differs from its default (the steps go in the
+    Trainer's TrainArgs/EvalArgs)."""
+    custom: dict[str, Any] = {}
+    for held, default in (
+        (self.model_config, trainer_config.ModelConfig()),
+        (self.train_config, trainer_config.TrainConfig()),
+    ):
+      custom.update(
+          (name, value) for name, value in held.to_dict().items()
+          if value != getattr(default, name) and name not in ("train_steps", "eval_steps")
+      )
+    custom.update(
+        model=self.model_config.model,
+        max_seq_len=self.model_config.max_seq_len,
+        batch_size=self.train_config.batch_size,
+        seed=self.model_config.seed,
+    )
+    return custom
 
   def trainer_configs(
       self,
@@ -216,8 +239,8 @@ class PipelineConfig(typed_config.TypedConfig):
     would refuse them."""
     return trainer_config.split_flat_config({
         **self.trainer_custom_config(),
-        "train_steps": self.train_steps,
-        "eval_steps": self.eval_steps,
+        "train_steps": self.train_config.train_steps,
+        "eval_steps": self.train_config.eval_steps,
     })
 
   @property
@@ -226,6 +249,49 @@ class PipelineConfig(typed_config.TypedConfig):
 
 
 _check_int = typed_config.check_int
+
+
+def _nested(name: str, cls: type, value: Any, defaults: Mapping[str, Any]):
+  """`value` as a `cls` (a trainer config): itself, or a dict read over
+  `defaults` with unknown keys refused; its errors name the field."""
+  if isinstance(value, cls):
+    return value
+  if not isinstance(value, Mapping):
+    raise typed_config.ConfigTypeError(
+        f"{name} must be a {cls.__name__} or a dict, got {value!r}"
+    )
+  try:
+    return typed_config.from_dict(cls, {**defaults, **value}, "setting(s)")
+  except typed_config.ConfigTypeError as error:
+    raise typed_config.ConfigTypeError(f"{name}: {error}") from None
+  except ConfigError as error:
+    raise ConfigError(f"{name}: {error}") from None
+
+
+def trainer_settings(
+    settings: Mapping[str, Any], hyperparameters: Optional[Mapping[str, Any]] = None
+) -> dict[str, dict[str, Any]]:
+  """Flat trainer settings -> `{"model_config": ..., "train_config": ...}`
+  for `PipelineConfig.from_dict`.
+
+  Args:
+    settings: the trainer settings a runner has flags for (model,
+      max_seq_len, batch_size, train_steps, eval_steps).
+    hyperparameters: any other field of ModelConfig or TrainConfig (the
+      local runner's --hparam); a name that is a flag's setting, or that
+      neither config has, is refused.
+  """
+  hyperparameters = dict(hyperparameters or {})
+  managed = sorted(set(hyperparameters) & _MANAGED_TRAINER_SETTINGS)
+  if managed:
+    raise ConfigError(
+        f"hyperparameters must not set {managed}: they are pipeline "
+        "settings (the pipeline passes them to the Trainer)"
+    )
+  model_values, train_values = trainer_config.split_flat_settings(
+      {**hyperparameters, **settings}
+  )
+  return {"model_config": model_values, "train_config": train_values}
 
 
 def parse_date(text: str) -> datetime.date:

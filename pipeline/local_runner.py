@@ -88,26 +88,29 @@ def config_from_flags() -> configs.PipelineConfig:
       "serving_model_dir": FLAGS.serving_model_dir,
   }
   optional = {
-      "date": FLAGS.date, "train_steps": FLAGS.train_steps,
-      "eval_steps": FLAGS.eval_steps, "batch_size": FLAGS.batch_size, "model": FLAGS.model,
-      "max_seq_len": FLAGS.max_seq_len, "rolling_window_days": FLAGS.rolling_window_days,
+      "date": FLAGS.date, "rolling_window_days": FLAGS.rolling_window_days,
       "input_format": FLAGS.input_format, "schema_path": FLAGS.schema_path,
       "pipeline_name": FLAGS.pipeline_name, "warm_start": FLAGS.warm_start,
       "beam_pipeline_args": FLAGS.beam_pipeline_args,
       "min_volume_ratio": FLAGS.min_volume_ratio,
   }
   values.update({k: v for k, v in optional.items() if v is not None})
-  if FLAGS.hparam:
-    hyperparameters = {}
-    for item in FLAGS.hparam:
-      name, sep, text = item.partition("=")
-      if not sep:
-        raise app.UsageError(f"--hparam {item!r} is not NAME=VALUE")
-      try:
-        hyperparameters[name] = json.loads(text)
-      except json.JSONDecodeError:
-        hyperparameters[name] = text
-    values["hyperparameters"] = hyperparameters
+  trainer_flags = {
+      "model": FLAGS.model, "max_seq_len": FLAGS.max_seq_len,
+      "train_steps": FLAGS.train_steps, "eval_steps": FLAGS.eval_steps,
+      "batch_size": FLAGS.batch_size,
+  }
+  hyperparameters = {}
+  for item in FLAGS.hparam or ():
+    name, sep, text = item.partition("=")
+    if not sep:
+      raise app.UsageError(f"--hparam {item!r} is not NAME=VALUE")
+    try:
+      hyperparameters[name] = json.loads(text)
+    except json.JSONDecodeError:
+      hyperparameters[name] = text
+  values.update(configs.trainer_settings(
+      {k: v for k, v in trainer_flags.items() if v is not None}, hyperparameters))
   return configs.PipelineConfig.from_dict(values)
 
 

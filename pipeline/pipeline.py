@@ -244,8 +244,8 @@ def create_pipeline(
       transform_graph=transform.outputs["transform_graph"],
       schema=transform.outputs["post_transform_schema"],
       base_model=model_resolver.outputs["model"] if config.warm_start else None,
-      train_args=tfx.proto.TrainArgs(num_steps=config.train_steps),
-      eval_args=tfx.proto.EvalArgs(num_steps=config.eval_steps),
+      train_args=tfx.proto.TrainArgs(num_steps=config.train_config.train_steps),
+      eval_args=tfx.proto.EvalArgs(num_steps=config.train_config.eval_steps),
       custom_config=config.trainer_custom_config(),
   ).with_id(TRAINER)
   evaluator = tfx.components.Evaluator(

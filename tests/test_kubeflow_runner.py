@@ -18,7 +18,8 @@ def test_compiled_spec(tmp_path):
   config = configs.PipelineConfig(
       pipeline_root="gs://bucket/root", data_root="gs://bucket/logs",
       serving_model_dir="gs://bucket/serving", schema_path="/app/pipeline/schema/schema.pbtxt",
-      beam_pipeline_args=BEAM_ARGS, model="sdim", train_steps=123)
+      beam_pipeline_args=BEAM_ARGS, model_config={"model": "sdim"},
+      train_config={"train_steps": 123})
   spec = kubeflow_runner.compile_pipeline(config, IMAGE, str(tmp_path / "spec.json"))
   pipeline_spec = spec["pipelineSpec"]
   assert pipeline_spec["pipelineInfo"]["name"] == "eta-ctr"

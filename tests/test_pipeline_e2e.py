@@ -242,13 +242,16 @@ def test_rerun_guard_needs_the_same_input_and_settings(workspace, first_run):
 
   values = {
       "data_root": workspace["data"], "pipeline_root": workspace["pipeline_root"],
-      "serving_model_dir": workspace["serving"], "date": DATE, "max_seq_len": MAX_SEQ_LEN,
-      "schema_path": workspace["schema"], "rolling_window_days": 4, "train_steps": 300,
-      "model": "eta", "eval_steps": 4, "batch_size": 64, "hyperparameters": {"top_k": 16},
+      "serving_model_dir": workspace["serving"], "date": DATE,
+      "schema_path": workspace["schema"], "rolling_window_days": 4,
+      **configs.trainer_settings(
+          {"max_seq_len": MAX_SEQ_LEN, "train_steps": 300, "model": "eta",
+           "eval_steps": 4, "batch_size": 64}, {"top_k": 16}),
   }
   config = configs.PipelineConfig.from_dict(values)
   assert rerun_guard.completed_run(config) == first_run["report"].run_id
-  assert rerun_guard.completed_run(config.replace(train_steps=301)) is None
+  assert rerun_guard.completed_run(config.replace(
+      train_config=config.train_config.replace(train_steps=301))) is None
   # A rewritten input file of the span (new mtime: a new input fingerprint
   # for ExampleGen) is a new input: the guard lets the run happen.
   span_file = os.path.join(workspace["data"], "impressions", DATE.replace("-", "") + ".csv")
@@ -300,8 +303,8 @@ def test_corrupt_input_stops_before_training(tmp_path):
   config = configs.PipelineConfig(
       data_root=data, pipeline_root=str(tmp_path / "root"),
       serving_model_dir=str(tmp_path / "serving"), date=configs.parse_date(DATE),
-      max_seq_len=MAX_SEQ_LEN, schema_path=schema, rolling_window_days=4,
-      train_steps=5,
+      schema_path=schema, rolling_window_days=4,
+      **configs.trainer_settings({"max_seq_len": MAX_SEQ_LEN, "train_steps": 5}),
   )
   from tfx import v1 as tfx
 

@@ -319,10 +319,10 @@ class TrainConfig(typed_config.TypedConfig):
       )
 
 
-def split_flat_config(
+def split_flat_settings(
     values: Optional[Mapping[str, Any]],
-) -> tuple[ModelConfig, TrainConfig]:
-  """One flat dict (e.g. TFX `custom_config`) -> (ModelConfig, TrainConfig).
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """One flat dict -> (ModelConfig fields, TrainConfig fields), unbuilt.
 
   Each key goes to the config that has a field of that name; a key neither
   has is refused, so no setting is silently ignored.
@@ -337,4 +337,13 @@ def split_flat_config(
     )
   model_values = {k: v for k, v in values.items() if k in model_fields}
   train_values = {k: v for k, v in values.items() if k in train_fields}
+  return model_values, train_values
+
+
+def split_flat_config(
+    values: Optional[Mapping[str, Any]],
+) -> tuple[ModelConfig, TrainConfig]:
+  """One flat dict (e.g. TFX `custom_config`) -> (ModelConfig, TrainConfig),
+  refusing a key neither config has (`split_flat_settings`)."""
+  model_values, train_values = split_flat_settings(values)
   return ModelConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
