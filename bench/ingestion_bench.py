@@ -7,11 +7,11 @@ Generates a synthetic impressions-format log (preprocessing.synthetic; about
 1M behaviour events at the defaults) under bench/scratch/, then runs, each in
 its own subprocess so that memory is measured per variant:
 
-* beam: preprocessing.ingestion.run (what the CLI runs) on the DirectRunner,
+* beam: preprocessing.ingest_job.run (what the CLI runs) on the DirectRunner,
   multi_processing with --workers workers (the CLI's default);
 * beam_in_memory: the same on the DirectRunner in one process;
 * reference: one Python process, no Beam: parse every row with
-  preprocessing.raw_logs, group by user in dicts, sort, walk each user's
+  preprocessing.ingest_parse, group by user in dicts, sort, walk each user's
   events once with a deque of max_seq_len, write GZIP TFRecords.
 
 It checks the two produce the same examples (a random sample compared field
@@ -40,7 +40,7 @@ from absl import flags
 import psutil
 
 from preprocessing import environment
-from preprocessing import raw_logs
+from preprocessing import ingest_parse
 from preprocessing import synthetic_world
 from preprocessing import synthetic_writer
 
@@ -68,9 +68,9 @@ _MODE = flags.DEFINE_enum(
 
 def _config(data_dir: str, max_seq_len: int):
   # Beam (seconds) loads in the runs that use it: --help answers at once.
-  from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
+  from preprocessing import ingest_job  # pylint: disable=g-import-not-at-top
 
-  return ingestion.IngestionConfig(
+  return ingest_job.IngestionConfig(
       input_format="impressions",
       input_patterns=(os.path.join(data_dir, "impressions", "*.csv"),),
       behavior_patterns=(os.path.join(data_dir, "behaviors", "*.csv"),),
@@ -84,9 +84,9 @@ def run_beam(
     data_dir: str, out_dir: str, max_seq_len: int, workers: int, mode: str
 ) -> dict:
   # Lazy as in _config().
-  from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
+  from preprocessing import ingest_job  # pylint: disable=g-import-not-at-top
 
-  summary = ingestion.run(
+  summary = ingest_job.run(
       _config(data_dir, max_seq_len), out_dir,
       [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"],
   )
@@ -98,11 +98,11 @@ def run_beam(
 
 def run_reference(data_dir: str, out_dir: str, max_seq_len: int) -> dict:
   """Single process: dicts per user, one sort, one walk with a deque."""
-  # TensorFlow (~5 s) and the Beam module sequence_builder load in the run
+  # TensorFlow (~5 s) and the Beam module ingest_histories load in the run
   # that uses them: --help answers at once.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  from preprocessing import sequence_builder  # pylint: disable=g-import-not-at-top
+  from preprocessing import ingest_histories  # pylint: disable=g-import-not-at-top
 
   config = _config(data_dir, max_seq_len)
   bounds = config.timestamp_bounds()
@@ -110,20 +110,20 @@ def run_reference(data_dir: str, out_dir: str, max_seq_len: int) -> dict:
   impressions = collections.defaultdict(list)
   rows = 0
   for pattern, kind, target in (
-      (config.behavior_patterns[0], raw_logs.BEHAVIOR_ROWS, behaviors),
-      (config.input_patterns[0], raw_logs.IMPRESSION_ROWS, impressions),
+      (config.behavior_patterns[0], ingest_parse.BEHAVIOR_ROWS, behaviors),
+      (config.input_patterns[0], ingest_parse.IMPRESSION_ROWS, impressions),
   ):
     for path in sorted(glob.glob(pattern)):
       with open(path, "rb") as handle:
         for line in handle:
-          event = raw_logs.parse_line(line.rstrip(b"\n"), path, kind, bounds)
-          if isinstance(event, raw_logs.Header):
+          event = ingest_parse.parse_line(line.rstrip(b"\n"), path, kind, bounds)
+          if isinstance(event, ingest_parse.Header):
             continue
           rows += 1
-          if not isinstance(event, raw_logs.Reject):
+          if not isinstance(event, ingest_parse.Reject):
             target[event.user_id].append(event)
   latest = max(i.timestamp for user in impressions.values() for i in user)
-  eval_start = sequence_builder.eval_start_for(latest, config.eval_days)
+  eval_start = ingest_histories.eval_start_for(latest, config.eval_days)
   os.makedirs(out_dir, exist_ok=True)
   options = tf.io.TFRecordOptions(compression_type="GZIP")
   writers = {

@@ -14,7 +14,7 @@ run (raises `DataValidationError`) when
   * the summary records volume problems: an eval day whose behaviours,
     impressions or examples fell far below the window's earlier days (the
     ExampleGen compares them with the pipeline's `min_volume_ratio`, see
-    `preprocessing.ingestion.volume_problems`), or
+    `preprocessing.ingest_summary.volume_problems`), or
   * a split has no examples.
 
 When the data passes, it re-emits the curated schema, and Transform reads

@@ -35,7 +35,7 @@ from absl import logging
 from preprocessing import environment
 from preprocessing import features
 from preprocessing import flag_parsing
-from preprocessing import raw_logs
+from preprocessing import ingest_parse
 
 FLAGS = flags.FLAGS
 
@@ -49,7 +49,7 @@ def _define_flags() -> None:
       "decompressed.",
   )
   flags.DEFINE_enum(
-      "input_format", None, list(raw_logs.INPUT_FORMATS), "Format of --input."
+      "input_format", None, list(ingest_parse.INPUT_FORMATS), "Format of --input."
   )
   flags.DEFINE_list(
       "behavior_log", None,
@@ -108,7 +108,8 @@ def _default_movies(input_globs: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str]) -> Optional[int]:
   environment.check_environment()
   # Beam loads here, not at import: --help and a flag mistake answer at once.
-  from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
+  from preprocessing import ingest_job  # pylint: disable=g-import-not-at-top
+  from preprocessing import ingest_read  # pylint: disable=g-import-not-at-top
 
   for name in ("input", "input_format", "output_dir"):
     if getattr(FLAGS, name) is None:
@@ -117,7 +118,7 @@ def main(argv: Sequence[str]) -> Optional[int]:
   if FLAGS.input_format == "movielens":
     movies = FLAGS.movies or _default_movies(FLAGS.input)
   try:
-    config = ingestion.IngestionConfig(
+    config = ingest_job.IngestionConfig(
         input_format=FLAGS.input_format,
         input_patterns=tuple(FLAGS.input),
         behavior_patterns=tuple(FLAGS.behavior_log or ()),
@@ -135,14 +136,14 @@ def main(argv: Sequence[str]) -> Optional[int]:
   except (ValueError, TypeError) as error:
     print(f"build_examples: error: {error}", file=sys.stderr)
     return 1
-  beam_args = ingestion.beam_args_with_defaults(argv[1:])
+  beam_args = ingest_job.beam_args_with_defaults(argv[1:])
   logging.info("Beam args: %s", beam_args)
   try:
-    summary = ingestion.run(
+    summary = ingest_job.run(
         config, FLAGS.output_dir, beam_args, overwrite=FLAGS.overwrite,
         allow_empty_split=FLAGS.allow_empty_split,
     )
-  except ingestion.IngestionError as error:
+  except ingest_read.IngestionError as error:
     # A glob matching nothing, an occupied or unwritable output_dir, a
     # corrupt input file, no train/eval examples: one line, no traceback.
     print(f"build_examples: error: {error}", file=sys.stderr)

@@ -47,7 +47,9 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
-from preprocessing import ingestion
+from preprocessing import ingest_job
+from preprocessing import ingest_summary
+from preprocessing import ingest_write
 from preprocessing.spans import ExampleGenSettings
 from preprocessing.spans import ingestion_config_for_span
 
@@ -83,7 +85,7 @@ def settings_from_exec_properties(
 
 
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
-  """Builds 'train'/'eval' examples of one span with preprocessing.ingestion."""
+  """Builds 'train'/'eval' examples of one span with preprocessing.ingest_job."""
 
   def GetInputSourceToExamplePTransform(self):
     raise NotImplementedError(
@@ -95,7 +97,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     (examples,) = output_dict["examples"]
     self._artifact_uri = examples.uri
     super().Do(input_dict, output_dict, exec_properties)
-    summary = ingestion.read_summary(self._artifact_uri)
+    summary = ingest_summary.read_summary(self._artifact_uri)
     logging.info(
         "Ingestion summary: %s",
         json.dumps({k: v for k, v in summary.items() if k != "config"}),
@@ -116,8 +118,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         settings, exec_properties["input_base"], span
     )
     logging.info("Span %d: ingestion config %s", span, config)
-    outputs = ingestion.expand_ingestion(pipeline, config)
-    ingestion.write_side_outputs(outputs, self._artifact_uri)
+    outputs = ingest_job.expand_ingestion(pipeline, config)
+    ingest_write.write_side_outputs(outputs, self._artifact_uri)
     return {"train": outputs.train, "eval": outputs.eval}
 
 

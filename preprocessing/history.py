@@ -5,9 +5,9 @@ model) sees its user's behaviours with timestamp strictly less than t (a
 behaviour in the same second is excluded: its order relative to the request
 is unknown), ordered by (timestamp, item_id, category_id, behavior_type), the
 most recent `max_seq_len` of them, oldest first. Behaviour rows are parsed
-and validated by `raw_logs`, so a row that ingestion rejects is in no history.
+and validated by `ingest_parse`, so a row that ingestion rejects is in no history.
 
-Ingestion (the Beam `sequence_builder`) and the serving client
+Ingestion (the Beam `ingest_histories`) and the serving client
 (`serving/requests.py`) both build histories with these functions, so the
 history a served model is called with equals the one it was trained on.
 This module imports no Beam, TFX or TensorFlow: the client imports it.
@@ -20,7 +20,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from preprocessing import features
-from preprocessing import raw_logs
+from preprocessing import ingest_parse
 from preprocessing import typed_config
 
 # Columns of a behaviour array [n, 4] (int64), in sort-key order.
@@ -30,16 +30,16 @@ PV = features.BEHAVIOR_TYPES.index("pv")
 
 
 def parse_behavior_line(
-    line: Union[str, bytes], source: str, bounds: raw_logs.TimestampBounds
-) -> Union[raw_logs.Behavior, raw_logs.Reject]:
+    line: Union[str, bytes], source: str, bounds: ingest_parse.TimestampBounds
+) -> Union[ingest_parse.Behavior, ingest_parse.Reject]:
   """One Taobao-format behaviour line -> a Behavior, or a Reject with reason.
 
-  Exactly ingestion's parsing and validation (raw_logs.parse_line); bytes
+  Exactly ingestion's parsing and validation (ingest_parse.parse_line); bytes
   that are not UTF-8 are a ``bad_encoding`` reject.
   """
-  result = raw_logs.parse_line(line, source, raw_logs.BEHAVIOR_ROWS, bounds)
+  result = ingest_parse.parse_line(line, source, ingest_parse.BEHAVIOR_ROWS, bounds)
   # Behaviour logs have no header, so parse_line never returns a Header.
-  assert not isinstance(result, raw_logs.Header), result
+  assert not isinstance(result, ingest_parse.Header), result
   return result
 
 
@@ -48,7 +48,7 @@ def as_array(rows: Iterable[Sequence[int]]) -> np.ndarray:
   return np.array(list(rows), dtype=np.int64).reshape(-1, NUM_COLUMNS)
 
 
-def row_of(behavior: raw_logs.Behavior) -> tuple[int, int, int, int]:
+def row_of(behavior: ingest_parse.Behavior) -> tuple[int, int, int, int]:
   """A behaviour as a row of the arrays below (its sort key)."""
   return (
       behavior.timestamp, behavior.item_id, behavior.category_id,
@@ -56,7 +56,7 @@ def row_of(behavior: raw_logs.Behavior) -> tuple[int, int, int, int]:
   )
 
 
-def behavior_rows(behaviors: Iterable[raw_logs.Behavior]) -> np.ndarray:
+def behavior_rows(behaviors: Iterable[ingest_parse.Behavior]) -> np.ndarray:
   """Behaviours -> unsorted int64 [n, 4] (timestamp, item, category, type)."""
   return as_array(row_of(b) for b in behaviors)
 
@@ -101,7 +101,7 @@ def history_before(
 
 
 def user_history(
-    behaviors: Iterable[raw_logs.Behavior],
+    behaviors: Iterable[ingest_parse.Behavior],
     user_id: int,
     request_timestamp: int,
     max_seq_len: int,
@@ -119,4 +119,4 @@ def rank_behavior_types(types: Optional[Sequence[int]], length: int) -> list[int
   counts it."""
   if types is None or (len(types) == 0 and length):
     return [PV] * length
-  return [PV if t == raw_logs.NO_BEHAVIOR_TYPE else int(t) for t in types]
+  return [PV if t == ingest_parse.NO_BEHAVIOR_TYPE else int(t) for t in types]

@@ -17,8 +17,8 @@ from typing import Any, Mapping, Optional
 from apache_beam.io.filesystems import FileSystems
 
 from preprocessing import features
-from preprocessing import ingestion
-from preprocessing import raw_logs
+from preprocessing import ingest_job
+from preprocessing import ingest_parse
 from preprocessing import typed_config
 
 _DATE_SPECS = ("{YYYY}", "{MM}", "{DD}")
@@ -31,7 +31,7 @@ class ExampleGenSettings:
   """The executor's `custom_config` (a JSON object; unknown keys are errors).
 
   Attributes:
-    input_format: one of raw_logs.INPUT_FORMATS.
+    input_format: one of ingest_parse.INPUT_FORMATS.
     input_pattern: main input relative to input_base (impressions, the
       behaviour log, or ratings.csv); may contain {YYYY}{MM}{DD}.
     behavior_pattern: behaviour log relative to input_base ('impressions'
@@ -39,8 +39,8 @@ class ExampleGenSettings:
     movies_pattern: movies.csv relative to input_base ('movielens' only).
     window_days: days of impressions per span (date patterns only).
     max_seq_len, min_history, eval_days, neg_per_pos, seed, chunk_seconds:
-      as in ingestion.IngestionConfig.
-    min_volume_ratio: as in ingestion.IngestionConfig, for date patterns
+      as in ingest_job.IngestionConfig.
+    min_volume_ratio: as in ingest_job.IngestionConfig, for date patterns
       only (without dates there are no daily spans to compare); the summary
       records the volume problems and the pipeline's data gate acts on them.
   """
@@ -59,9 +59,9 @@ class ExampleGenSettings:
   min_volume_ratio: float = 0.0
 
   def __post_init__(self):
-    if self.input_format not in raw_logs.INPUT_FORMATS:
+    if self.input_format not in ingest_parse.INPUT_FORMATS:
       raise ValueError(
-          f"input_format={self.input_format!r} not in {raw_logs.INPUT_FORMATS}"
+          f"input_format={self.input_format!r} not in {ingest_parse.INPUT_FORMATS}"
       )
     typed_config.check_int(self, "window_days", 1)
     if has_date_spec(self.input_pattern) and not (
@@ -85,7 +85,7 @@ class ExampleGenSettings:
     # a seed above 2**53 would not survive the trip.
     typed_config.check_int(self, "seed", 0, (1 << 53) - 1)
     # Checks the remaining settings as the ingestion job will (no file access).
-    ingestion.IngestionConfig(
+    ingest_job.IngestionConfig(
         input_format=self.input_format,
         input_patterns=(self.input_pattern,),
         behavior_patterns=(self.behavior_pattern,) if self.behavior_pattern else (),
@@ -165,7 +165,7 @@ def ingestion_config_for_span(
       chunk_seconds=settings.chunk_seconds,
   )
   if not has_date_spec(main):
-    return ingestion.IngestionConfig(
+    return ingest_job.IngestionConfig(
         input_patterns=(main,),
         behavior_patterns=(behaviors,) if behaviors else (),
         **common,
@@ -179,7 +179,7 @@ def ingestion_config_for_span(
   else:
     inputs = _files_in_days(main, first_day, span)
     history = _files_in_days(behaviors, 0, span) if behaviors else ()
-  return ingestion.IngestionConfig(
+  return ingest_job.IngestionConfig(
       input_patterns=inputs,
       behavior_patterns=history,
       min_volume_ratio=settings.min_volume_ratio,

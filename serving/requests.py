@@ -35,7 +35,7 @@ import zlib
 
 from preprocessing import features
 from preprocessing import history as history_rule
-from preprocessing import raw_logs
+from preprocessing import ingest_parse
 from preprocessing import typed_config
 
 INT64_MAX = (1 << 63) - 1
@@ -240,7 +240,7 @@ def history_from_rows(rows: Iterable[Union[str, bytes]], user_id: int,
                       request_timestamp: int,
                       max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN,
                       source: str = "row",
-                      bounds: Optional[raw_logs.TimestampBounds] = None,
+                      bounds: Optional[ingest_parse.TimestampBounds] = None,
                       rejected: Optional[list] = None,
                       ) -> tuple[list[int], ...]:
   """The point-in-time history of `user_id` from Taobao-format log lines.
@@ -260,7 +260,7 @@ def history_from_rows(rows: Iterable[Union[str, bytes]], user_id: int,
     bounds: valid timestamps, as ingestion's; default up to one day after now.
     rejected: None: a row that ingestion would reject raises LogError naming
       it and the reason. A list: such rows are skipped, as ingestion skips
-      them, and appended to it as raw_logs.Reject (source "<source> <n>").
+      them, and appended to it as ingest_parse.Reject (source "<source> <n>").
 
   Returns:
     (item_ids, category_ids, timestamps, behavior_types) lists.
@@ -272,7 +272,7 @@ def history_from_rows(rows: Iterable[Union[str, bytes]], user_id: int,
 
 def history_from_log(pattern: str, user_id: int, request_timestamp: int,
                      max_seq_len: int = features.DEFAULT_MAX_SEQ_LEN,
-                     bounds: Optional[raw_logs.TimestampBounds] = None,
+                     bounds: Optional[ingest_parse.TimestampBounds] = None,
                      rejected: Optional[list] = None) -> tuple[list[int], ...]:
   """`history_from_rows` over the lines of the files matching `pattern`
   (read by `read_log_lines`; rows are named "path:line")."""
@@ -286,7 +286,7 @@ def _history_from_located_rows(located_rows, user_id, request_timestamp,
   _check_max_seq_len(max_seq_len)
   user_id = int64_value("user_id", user_id)
   request_timestamp = int64_value("request_timestamp", request_timestamp)
-  bounds = raw_logs.TimestampBounds.up_to_now() if bounds is None else bounds
+  bounds = ingest_parse.TimestampBounds.up_to_now() if bounds is None else bounds
   if not bounds.min_timestamp <= request_timestamp <= bounds.max_timestamp:
     # Ingestion rejects an impression at such a time (bad_timestamp).
     raise RequestError(
@@ -300,7 +300,7 @@ def _history_from_located_rows(located_rows, user_id, request_timestamp,
             f"{where}: a row must be a log line (str or bytes), got "
             f"{type(row).__name__}")
       result = history_rule.parse_behavior_line(row, where, bounds)
-      if isinstance(result, raw_logs.Reject):
+      if isinstance(result, ingest_parse.Reject):
         if rejected is None:
           raise LogError(f"{where}: {result.reason}: {result.detail}")
         rejected.append(result)
@@ -316,7 +316,7 @@ def _history_from_located_rows(located_rows, user_id, request_timestamp,
 
 def read_log_lines(pattern: str):
   """(path:line, line bytes) of every line of the files matching `pattern`,
-  split as ingestion splits them (raw_logs.iter_lines); .gz is decompressed.
+  split as ingestion splits them (ingest_parse.iter_lines); .gz is decompressed.
 
   Raises LogError for no match or a file that cannot be read to its end
   (a truncated .gz), naming the file.
@@ -328,7 +328,7 @@ def read_log_lines(pattern: str):
     opener = gzip.open if path.endswith(".gz") else open
     try:
       with opener(path, "rb") as f:
-        for number, line in enumerate(raw_logs.iter_lines(f), start=1):
+        for number, line in enumerate(ingest_parse.iter_lines(f), start=1):
           yield f"{path}:{number}", line
     except (OSError, EOFError, zlib.error) as error:
       raise LogError(f"{path}: cannot read it to its end: {error}") from None

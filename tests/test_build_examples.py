@@ -16,8 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from preprocessing import ingestion
-from preprocessing import raw_logs
+from preprocessing import ingest_job
+from preprocessing import ingest_parse
+from preprocessing import ingest_read
+from preprocessing import ingest_summary
+from preprocessing import ingest_write
 
 DAY = 86_400
 T0 = 1_700_000_000 - 1_700_000_000 % DAY
@@ -78,17 +81,17 @@ GOOD_BEHAVIORS = [  # (user, item, cat, type index, ts)
 TYPES = ("pv", "cart", "fav", "buy")
 # Every malformed kind of behaviour row, with the reason it must get.
 BAD_BEHAVIOR_LINES = [
-    ("", raw_logs.EMPTY_LINE),
-    ("1,2,3,pv", raw_logs.WRONG_COLUMN_COUNT),
-    ("1,2,3,pv,1700000000,7", raw_logs.WRONG_COLUMN_COUNT),
-    (",2,3,pv,1700000000", raw_logs.MISSING_FIELD),
-    ("abc,2,3,pv,1700000000", raw_logs.NON_NUMERIC_ID),
-    ("1,-2,3,pv,1700000000", raw_logs.NEGATIVE_ID),
-    ("1,99999999999999999999,3,pv,1700000000", raw_logs.ID_OUT_OF_RANGE),
-    ("1,2,3,pv,-1", raw_logs.BAD_TIMESTAMP),
-    ("1,2,3,pv,12", raw_logs.BAD_TIMESTAMP),
-    ("1,2,3,pv,1900000000", raw_logs.BAD_TIMESTAMP),
-    ("1,2,3,like,1700000000", raw_logs.UNKNOWN_BEHAVIOR_TYPE),
+    ("", ingest_parse.EMPTY_LINE),
+    ("1,2,3,pv", ingest_parse.WRONG_COLUMN_COUNT),
+    ("1,2,3,pv,1700000000,7", ingest_parse.WRONG_COLUMN_COUNT),
+    (",2,3,pv,1700000000", ingest_parse.MISSING_FIELD),
+    ("abc,2,3,pv,1700000000", ingest_parse.NON_NUMERIC_ID),
+    ("1,-2,3,pv,1700000000", ingest_parse.NEGATIVE_ID),
+    ("1,99999999999999999999,3,pv,1700000000", ingest_parse.ID_OUT_OF_RANGE),
+    ("1,2,3,pv,-1", ingest_parse.BAD_TIMESTAMP),
+    ("1,2,3,pv,12", ingest_parse.BAD_TIMESTAMP),
+    ("1,2,3,pv,1900000000", ingest_parse.BAD_TIMESTAMP),
+    ("1,2,3,like,1700000000", ingest_parse.UNKNOWN_BEHAVIOR_TYPE),
 ]
 GOOD_IMPRESSIONS = [  # (user, item, cat, ts, label)
     (1, 50, 500, T0 + 5, 1), (1, 51, 501, T0 + 9, 0), (1, 52, 502, T0 + DAY + 4, 1),
@@ -96,9 +99,9 @@ GOOD_IMPRESSIONS = [  # (user, item, cat, ts, label)
     (4, 70, 700, T0 + DAY, 1),
 ]
 BAD_IMPRESSION_LINES = [
-    ("1,50,500,1700000000,3", raw_logs.BAD_LABEL),
-    ("1,50,500,1700000000", raw_logs.WRONG_COLUMN_COUNT),
-    ("1,x,500,1700000000,1", raw_logs.NON_NUMERIC_ID),
+    ("1,50,500,1700000000,3", ingest_parse.BAD_LABEL),
+    ("1,50,500,1700000000", ingest_parse.WRONG_COLUMN_COUNT),
+    ("1,x,500,1700000000,1", ingest_parse.NON_NUMERIC_ID),
 ]
 IMPRESSION_HEADER = "user_id,item_id,category_id,timestamp,clicked"
 
@@ -140,22 +143,22 @@ def _impressions_config(tmp_path, **overrides):
       max_seq_len=2, min_history=0, eval_days=1, max_timestamp=MAX_TS,
   )
   settings.update(overrides)
-  return ingestion.IngestionConfig(**settings)
+  return ingest_job.IngestionConfig(**settings)
 
 
 def test_malformed_rows_go_to_dead_letters_and_every_row_is_accounted_for(tmp_path):
   config = _impressions_config(tmp_path)
   out = str(tmp_path / "out")
-  summary = ingestion.run(config, out, IN_PROCESS)
+  summary = ingest_job.run(config, out, IN_PROCESS)
 
   expected_reasons = [r for _, r in BAD_BEHAVIOR_LINES + BAD_IMPRESSION_LINES]
-  expected_reasons.append(raw_logs.BAD_ENCODING)
+  expected_reasons.append(ingest_parse.BAD_ENCODING)
   rejects = read_rejects(out)
   assert sorted(r["reason"] for r in rejects) == sorted(expected_reasons)
   bad_lines = {line for line, _ in BAD_BEHAVIOR_LINES + BAD_IMPRESSION_LINES}
   assert {r["line"] for r in rejects} - {"1,2,3,pv,17000\ufffd0000"} == bad_lines
   assert all(r["source"].startswith(str(tmp_path / "raw")) for r in rejects)
-  by_reason = {reason: expected_reasons.count(reason) for reason in raw_logs.REJECT_REASONS}
+  by_reason = {reason: expected_reasons.count(reason) for reason in ingest_parse.REJECT_REASONS}
   assert summary["rejected_by_reason"] == by_reason
   good = len(GOOD_BEHAVIORS) + len(GOOD_IMPRESSIONS)
   assert summary["rows_valid"] == good
@@ -187,7 +190,7 @@ def test_malformed_rows_go_to_dead_letters_and_every_row_is_accounted_for(tmp_pa
 
 def test_min_history_skips_are_counted(tmp_path):
   config = _impressions_config(tmp_path, min_history=2, max_seq_len=3, eval_days=2)
-  summary = ingestion.run(config, str(tmp_path / "out"), IN_PROCESS)
+  summary = ingest_job.run(config, str(tmp_path / "out"), IN_PROCESS)
   want = brute_force(GOOD_BEHAVIORS, GOOD_IMPRESSIONS, 3, 2, 2)
   assert read_examples(str(tmp_path / "out")) == want
   assert summary["impressions_below_min_history"] == len(GOOD_IMPRESSIONS) - len(want)
@@ -198,19 +201,19 @@ def test_parquet_input_gives_the_same_examples_as_csv(tmp_path):
   raw = tmp_path / "pq"
   raw.mkdir()
   columns = list(zip(*[(u, i, c, TYPES[k], t) for u, i, c, k, t in GOOD_BEHAVIORS]))
-  pq.write_table(pa.table(dict(zip(raw_logs.BEHAVIOR_COLUMNS, columns))),
+  pq.write_table(pa.table(dict(zip(ingest_parse.BEHAVIOR_COLUMNS, columns))),
                  raw / "behaviors.parquet")
   imp_columns = list(zip(*GOOD_IMPRESSIONS))
-  table = pa.table(dict(zip(raw_logs.IMPRESSION_COLUMNS, imp_columns)))
+  table = pa.table(dict(zip(ingest_parse.IMPRESSION_COLUMNS, imp_columns)))
   pq.write_table(table, raw / "impressions.parquet")
   bad = pa.table({"user_id": [1], "item_id": [-3], "category_id": [1],
                   "timestamp": [T0], "clicked": [1]})
   pq.write_table(bad, raw / "impressions_bad.parquet")
-  config = ingestion.IngestionConfig(
+  config = ingest_job.IngestionConfig(
       input_format="impressions", input_patterns=(str(raw / "impressions*.parquet"),),
       behavior_patterns=(str(raw / "behaviors.parquet"),), max_seq_len=2,
       min_history=0, max_timestamp=MAX_TS)
-  summary = ingestion.run(config, str(tmp_path / "out"), IN_PROCESS)
+  summary = ingest_job.run(config, str(tmp_path / "out"), IN_PROCESS)
   assert read_examples(str(tmp_path / "out")) == brute_force(
       GOOD_BEHAVIORS, GOOD_IMPRESSIONS, 2, 0, 1)
   assert summary["rejected_by_reason"]["negative_id"] == 1
@@ -240,12 +243,12 @@ def test_movielens_goes_through_the_same_path(tmp_path):
   lines += [f"{u},{m},{r},{t}" for u, m, r, t in RATINGS]
   lines += ["1,9,4.0,1700000000", "1,1,6.0,1700000000"]  # unknown movie, bad rating
   _write(raw / "ratings.csv", lines)
-  config = ingestion.IngestionConfig(
+  config = ingest_job.IngestionConfig(
       input_format="movielens", input_patterns=(str(raw / "ratings.csv"),),
       movies_patterns=(str(raw / "movies.csv"),), max_seq_len=2, min_history=1,
       max_timestamp=MAX_TS)
   out = str(tmp_path / "out")
-  summary = ingestion.run(config, out, IN_PROCESS)
+  summary = ingest_job.run(config, out, IN_PROCESS)
   behaviors = [(u, m, MOVIE_CATEGORY[m], -1, t) for u, m, _, t in RATINGS]
   impressions = [(u, m, MOVIE_CATEGORY[m], t, int(r >= 4)) for u, m, r, t in RATINGS]
   want = brute_force(behaviors, impressions, 2, 1, 1, with_types=False)
@@ -264,13 +267,13 @@ def test_behavior_format_positives_negatives_and_determinism(tmp_path):
   raw = tmp_path / "raw"
   raw.mkdir()
   _write(raw / "b.csv", [_behavior_line(r) for r in GOOD_BEHAVIORS])
-  config = ingestion.IngestionConfig(
+  config = ingest_job.IngestionConfig(
       input_format="behavior", input_patterns=(str(raw / "b.csv"),),
       max_seq_len=4, min_history=1, neg_per_pos=2, seed=3, max_timestamp=MAX_TS)
   # Every example is in the eval day: no train split, allowed here.
-  ingestion.run(config, str(tmp_path / "a"), IN_PROCESS, allow_empty_split=True)
+  ingest_job.run(config, str(tmp_path / "a"), IN_PROCESS, allow_empty_split=True)
   first = read_examples(str(tmp_path / "a"))
-  summary = ingestion.run(config, str(tmp_path / "b"), IN_PROCESS, allow_empty_split=True)
+  summary = ingest_job.run(config, str(tmp_path / "b"), IN_PROCESS, allow_empty_split=True)
   assert read_examples(str(tmp_path / "b")) == first
   # Each pv with an earlier behaviour is a positive, with two negatives that
   # share its history and never repeat its item.
@@ -293,37 +296,37 @@ def test_behavior_format_positives_negatives_and_determinism(tmp_path):
 
 def test_config_validation():
   with pytest.raises(ValueError, match="unknown ingestion settings"):
-    ingestion.IngestionConfig.from_dict(
+    ingest_job.IngestionConfig.from_dict(
         {"input_format": "behavior", "input_patterns": ["x"], "max_seq_length": 5})
   with pytest.raises(ValueError, match="needs behavior_patterns"):
-    ingestion.IngestionConfig(input_format="impressions", input_patterns=("x",))
+    ingest_job.IngestionConfig(input_format="impressions", input_patterns=("x",))
   with pytest.raises(ValueError, match="only read for 'impressions'"):
-    ingestion.IngestionConfig(input_format="behavior", input_patterns=("x",),
+    ingest_job.IngestionConfig(input_format="behavior", input_patterns=("x",),
                               behavior_patterns=("y",))
   with pytest.raises(ValueError, match="input_format"):
-    ingestion.IngestionConfig(input_format="csv", input_patterns=("x",))
+    ingest_job.IngestionConfig(input_format="csv", input_patterns=("x",))
   with pytest.raises(ValueError, match="min_history"):
-    ingestion.IngestionConfig(input_format="behavior", input_patterns=("x",),
+    ingest_job.IngestionConfig(input_format="behavior", input_patterns=("x",),
                               max_seq_len=2, min_history=3)
 
 
 def test_a_glob_matching_nothing_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no file matches"):
-    ingestion.expand_patterns([str(tmp_path / "nothing*.csv")])
+    ingest_read.expand_patterns([str(tmp_path / "nothing*.csv")])
 
 
 def test_summary_check_catches_unaccounted_rows():
   summary = {"rows_read": 10, "rows_valid": 7, "rows_rejected": 2}
-  with pytest.raises(ingestion.SummaryMismatchError, match="rows_read=10"):
-    ingestion.check_summary(summary)
+  with pytest.raises(ingest_summary.SummaryMismatchError, match="rows_read=10"):
+    ingest_summary.check_summary(summary)
 
 
 def test_local_runner_defaults_only_without_a_runner():
-  assert ingestion.beam_args_with_defaults([]) == [
+  assert ingest_job.beam_args_with_defaults([]) == [
       "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-  assert ingestion.beam_args_with_defaults(["--runner=FlinkRunner"]) == [
+  assert ingest_job.beam_args_with_defaults(["--runner=FlinkRunner"]) == [
       "--runner=FlinkRunner"]
-  assert ingestion.beam_args_with_defaults(["--runner", "SparkRunner"]) == [
+  assert ingest_job.beam_args_with_defaults(["--runner", "SparkRunner"]) == [
       "--runner", "SparkRunner"]
 
 
@@ -355,7 +358,7 @@ def _small_impressions(raw, impression_lines, name="impressions.csv"):
   raw.mkdir(exist_ok=True)
   _write(raw / "behaviors.csv", [_behavior_line(r) for r in GOOD_BEHAVIORS])
   (raw / name).write_bytes(impression_lines)
-  return ingestion.IngestionConfig(
+  return ingest_job.IngestionConfig(
       input_format="impressions", input_patterns=(str(raw / name),),
       behavior_patterns=(str(raw / "behaviors.csv"),), max_seq_len=2,
       min_history=0, eval_days=1, max_timestamp=MAX_TS)
@@ -370,7 +373,7 @@ def test_cr_only_line_ends_and_a_bom_before_the_header_lose_no_row(tmp_path):
   data = b"\xef\xbb\xbf" + IMPRESSION_HEADER.encode() + b"\r" + _impression_bytes(
       GOOD_IMPRESSIONS, b"\r")
   config = _small_impressions(tmp_path / "raw", gzip.compress(data), "impressions.csv.gz")
-  summary = ingestion.run(config, str(tmp_path / "out"), IN_PROCESS)
+  summary = ingest_job.run(config, str(tmp_path / "out"), IN_PROCESS)
   assert summary["rows_rejected"] == 0 and summary["header_lines"] == 1
   assert summary["rows_valid"] == len(GOOD_BEHAVIORS) + len(GOOD_IMPRESSIONS)
   assert read_examples(str(tmp_path / "out")) == brute_force(
@@ -383,8 +386,8 @@ def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path):
   whole = gzip.compress(_impression_bytes(rows))
   config = _small_impressions(tmp_path / "raw", whole[: len(whole) // 2], "impressions.csv.gz")
   out = tmp_path / "out"
-  with pytest.raises(ingestion.CorruptFileError) as raised:
-    ingestion.run(config, str(out), IN_PROCESS)
+  with pytest.raises(ingest_read.CorruptFileError) as raised:
+    ingest_job.run(config, str(out), IN_PROCESS)
   message = str(raised.value)
   assert "impressions.csv.gz" in message and "EOFError" in message, message
   assert "\n" not in message
@@ -392,33 +395,33 @@ def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path):
   # As a dead letter: the whole file is one corrupt_file reject, none of its rows read.
   import apache_beam as beam
   with beam.Pipeline(argv=IN_PROCESS) as pipeline:
-    outputs = ingestion.expand_ingestion(pipeline, config)
-    ingestion.write_side_outputs(outputs, str(tmp_path / "side"))
-  summary = ingestion.read_summary(str(tmp_path / "side"))
+    outputs = ingest_job.expand_ingestion(pipeline, config)
+    ingest_write.write_side_outputs(outputs, str(tmp_path / "side"))
+  summary = ingest_summary.read_summary(str(tmp_path / "side"))
   assert summary["rejected_by_reason"]["corrupt_file"] == 1 and summary["rows_rejected"] == 1
   assert summary["impressions"] == 0
-  (reject,) = ingestion.read_rejects(str(tmp_path / "side"))
+  (reject,) = ingest_write.read_rejects(str(tmp_path / "side"))
   assert reject["source"].endswith("impressions.csv.gz") and reject["line"] == ""
 
 
 def test_a_reused_output_dir_is_refused_and_overwrite_replaces_it_whole(tmp_path):
   config = _small_impressions(tmp_path / "raw", _impression_bytes(GOOD_IMPRESSIONS))
   out = str(tmp_path / "out")
-  ingestion.run(config, out, IN_PROCESS)
+  ingest_job.run(config, out, IN_PROCESS)
   (tmp_path / "out" / "train" / "part-00000-of-00002.tfrecord.gz").write_bytes(b"old")
-  with pytest.raises(ingestion.OutputDirError, match="not empty; pass --overwrite"):
-    ingestion.run(config, out, IN_PROCESS)
+  with pytest.raises(ingest_write.OutputDirError, match="not empty; pass --overwrite"):
+    ingest_job.run(config, out, IN_PROCESS)
   # Fewer impressions now: only they are in the output, no shard of the first run.
   fewer = GOOD_IMPRESSIONS[1:]
   (tmp_path / "raw" / "impressions.csv").write_bytes(_impression_bytes(fewer))
-  summary = ingestion.run(config, out, IN_PROCESS, overwrite=True)
+  summary = ingest_job.run(config, out, IN_PROCESS, overwrite=True)
   assert read_examples(out) == brute_force(GOOD_BEHAVIORS, fewer, 2, 0, 1)
   assert "part-00000-of-00002.tfrecord.gz" not in os.listdir(os.path.join(out, "train"))
   assert summary["impressions"] == len(fewer)
   # An output_dir that cannot be made: one clear error before any work.
   (tmp_path / "a_file").write_text("x")
-  with pytest.raises(ingestion.OutputDirError, match="cannot write beside output_dir"):
-    ingestion.run(config, str(tmp_path / "a_file" / "out"), IN_PROCESS)
+  with pytest.raises(ingest_write.OutputDirError, match="cannot write beside output_dir"):
+    ingest_job.run(config, str(tmp_path / "a_file" / "out"), IN_PROCESS)
 
 
 @pytest.mark.parametrize("content,eval_days,message", [
@@ -430,8 +433,8 @@ def test_a_reused_output_dir_is_refused_and_overwrite_replaces_it_whole(tmp_path
 def test_zero_output_is_an_error_unless_allowed(tmp_path, content, eval_days, message):
   config = dataclasses.replace(
       _small_impressions(tmp_path / "raw", content), eval_days=eval_days)
-  with pytest.raises(ingestion.EmptySplitError, match=message):
-    ingestion.run(config, str(tmp_path / "out"), IN_PROCESS)
+  with pytest.raises(ingest_summary.EmptySplitError, match=message):
+    ingest_job.run(config, str(tmp_path / "out"), IN_PROCESS)
   assert not (tmp_path / "out").exists()
 
 
@@ -439,17 +442,17 @@ def test_volume_problems_flag_an_eval_day_far_below_the_earlier_days():
   days = {f"2026-10-{d}": {"behaviors": 100, "impressions": n, "examples": n}
           for d, n in (("25", 0), ("26", 90), ("27", 110), ("28", 100), ("29", 52))}
   eval_start = 1_793_232_000  # 2026-10-29
-  problems = ingestion.volume_problems(days, eval_start, 0.7)
+  problems = ingest_summary.volume_problems(days, eval_start, 0.7)
   # The day before the log began (0) is no reference: the median is 100.
   assert problems == [
       "2026-10-29: 52 impressions, 52% of the median 100 of 3 earlier day(s) (min_volume_ratio 0.7)",
       "2026-10-29: 52 examples, 52% of the median 100 of 3 earlier day(s) (min_volume_ratio 0.7)",
   ]
-  assert ingestion.volume_problems(days, eval_start, 0.5) == []
-  assert ingestion.volume_problems(days, eval_start, 0.0) == []
-  assert ingestion.volume_problems(days, None, 0.7) == []
+  assert ingest_summary.volume_problems(days, eval_start, 0.5) == []
+  assert ingest_summary.volume_problems(days, eval_start, 0.0) == []
+  assert ingest_summary.volume_problems(days, None, 0.7) == []
   with pytest.raises(ValueError, match="min_volume_ratio"):
-    ingestion.IngestionConfig(input_format="behavior", input_patterns=("x",), min_volume_ratio=1.5)
+    ingest_job.IngestionConfig(input_format="behavior", input_patterns=("x",), min_volume_ratio=1.5)
 
 
 @pytest.mark.e2e

@@ -18,12 +18,12 @@ import pytest
 
 from preprocessing import features
 from preprocessing import history
-from preprocessing import raw_logs
-from preprocessing.raw_logs import Behavior
+from preprocessing import ingest_parse
+from preprocessing.ingest_parse import Behavior
 
 DAY = 86_400
 T0 = 1_793_404_800  # 2026-10-31 00:00:00 UTC
-BOUNDS = raw_logs.TimestampBounds(raw_logs.DEFAULT_MIN_TIMESTAMP, T0 + 30 * DAY)
+BOUNDS = ingest_parse.TimestampBounds(ingest_parse.DEFAULT_MIN_TIMESTAMP, T0 + 30 * DAY)
 
 
 def brute_force(behaviors, user_id, request_timestamp, max_seq_len):
@@ -88,14 +88,14 @@ def test_parse_behavior_line_is_ingestions_parsing():
   good = history.parse_behavior_line(f"1,2,3,cart,{T0}", "f", BOUNDS)
   assert good == Behavior(1, 2, 3, 1, T0)
   for line, reason in (
-      ("1,2,3,pv,0", raw_logs.BAD_TIMESTAMP),
-      (f"1,2,3,click,{T0}", raw_logs.UNKNOWN_BEHAVIOR_TYPE),
-      (b"1,2\xff,3,pv,1", raw_logs.BAD_ENCODING),
-      ("", raw_logs.EMPTY_LINE),
+      ("1,2,3,pv,0", ingest_parse.BAD_TIMESTAMP),
+      (f"1,2,3,click,{T0}", ingest_parse.UNKNOWN_BEHAVIOR_TYPE),
+      (b"1,2\xff,3,pv,1", ingest_parse.BAD_ENCODING),
+      ("", ingest_parse.EMPTY_LINE),
   ):
     reject = history.parse_behavior_line(line, "f", BOUNDS)
-    assert isinstance(reject, raw_logs.Reject) and reject.reason == reason
-    assert reject == raw_logs.parse_line(line, "f", raw_logs.BEHAVIOR_ROWS, BOUNDS)
+    assert isinstance(reject, ingest_parse.Reject) and reject.reason == reason
+    assert reject == ingest_parse.parse_line(line, "f", ingest_parse.BEHAVIOR_ROWS, BOUNDS)
 
 
 def test_rank_behavior_types_default_to_pv():
@@ -105,7 +105,7 @@ def test_rank_behavior_types_default_to_pv():
   assert history.rank_behavior_types([], 0) == []
   assert history.rank_behavior_types([3, 1], 2) == [3, 1]
   assert history.rank_behavior_types(
-      [raw_logs.NO_BEHAVIOR_TYPE] * 2, 2) == [pv] * 2
+      [ingest_parse.NO_BEHAVIOR_TYPE] * 2, 2) == [pv] * 2
 
 
 def test_max_seq_len_is_checked():
@@ -166,9 +166,9 @@ def run_ingestion(tmp_path, max_seq_len):
   """The real ingestion job in-process over tmp_path/{behaviors,impressions}
   -> (examples, rejects)."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from preprocessing import ingestion  # pylint: disable=g-import-not-at-top
+  from preprocessing import ingest_job  # pylint: disable=g-import-not-at-top
 
-  config = ingestion.IngestionConfig(
+  config = ingest_job.IngestionConfig(
       input_format="impressions",
       input_patterns=(str(tmp_path / "impressions" / "*.csv"),),
       behavior_patterns=(str(tmp_path / "behaviors" / "*.csv"),),
@@ -176,7 +176,7 @@ def run_ingestion(tmp_path, max_seq_len):
       max_timestamp=BOUNDS.max_timestamp)
   out = tmp_path / "out"
   with beam.Pipeline() as p:
-    outputs = ingestion.expand_ingestion(p, config)
+    outputs = ingest_job.expand_ingestion(p, config)
     examples = (outputs.train, outputs.eval) | beam.Flatten() | beam.Map(
         lambda e: json.dumps(_history_of_example(e)))
     examples | "WriteExamples" >> beam.io.WriteToText(str(out / "examples"))

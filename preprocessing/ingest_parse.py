@@ -1,4 +1,7 @@
-"""Parsing and validation of raw log rows into typed events or reject records.
+"""Ingestion, stage 1: raw log rows parsed and validated into typed events or
+reject records (dead letters). No Beam: the serving client parses its
+behaviour logs with these same rules (`preprocessing.history`); the Beam
+reading is `preprocessing.ingest_read`.
 
 Three input formats share one path (see `INPUT_FORMATS`):
 
@@ -47,6 +50,9 @@ from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 from preprocessing import features
 from preprocessing import typed_config
+
+# The Beam counter namespace of every ingestion stage.
+METRICS_NAMESPACE = "eta_ingestion"
 
 # Reject reasons: a closed set; a test checks every one can be produced.
 BAD_ENCODING = "bad_encoding"

@@ -1,4 +1,5 @@
-"""Beam transforms: behaviours + impressions -> point-in-time long-sequence examples.
+"""Ingestion, stage 2 (Beam): behaviours + impressions -> point-in-time
+long-sequence examples.
 
 `BuildExamples` keys events by user, sorts them by time and emits one
 serialized `tf.train.Example` per impression (features per
@@ -46,7 +47,7 @@ import numpy as np
 
 from preprocessing import features
 from preprocessing import history as history_rule
-from preprocessing import raw_logs
+from preprocessing import ingest_parse
 from preprocessing import typed_config
 
 
@@ -82,7 +83,6 @@ STAT_NAMES: tuple[str, ...] = (
 
 TRAIN = "train"
 EVAL = "eval"
-_METRICS_NAMESPACE = "eta_ingestion"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,8 +236,8 @@ class _EmitExamples(beam.DoFn):
     self._config = config
     self._encoder = None
     self._examples = {
-        TRAIN: beam.metrics.Metrics.counter(_METRICS_NAMESPACE, STAT_EXAMPLES_TRAIN),
-        EVAL: beam.metrics.Metrics.counter(_METRICS_NAMESPACE, STAT_EXAMPLES_EVAL),
+        TRAIN: beam.metrics.Metrics.counter(ingest_parse.METRICS_NAMESPACE, STAT_EXAMPLES_TRAIN),
+        EVAL: beam.metrics.Metrics.counter(ingest_parse.METRICS_NAMESPACE, STAT_EXAMPLES_EVAL),
     }
 
   def setup(self):
@@ -302,7 +302,7 @@ class BuildExamples(beam.PTransform):
     start = config.impression_start_timestamp
     end = config.impression_end_timestamp
 
-    def in_window(impression: raw_logs.Impression) -> bool:
+    def in_window(impression: ingest_parse.Impression) -> bool:
       return (start is None or impression.timestamp >= start) and (
           end is None or impression.timestamp < end
       )
@@ -390,7 +390,7 @@ def _hash64(*values: int) -> int:
 
 def sample_negative_items(
     catalogue_items: np.ndarray,
-    positive: raw_logs.Impression,
+    positive: ingest_parse.Impression,
     neg_per_pos: int,
     seed: int,
 ) -> list[int]:
@@ -433,7 +433,7 @@ class _SampleNegatives(beam.DoFn):
     if self._neg_per_pos and not picks:
       yield beam.pvalue.TaggedOutput(self.STATS, STAT_NEGATIVES_UNAVAILABLE)
     for index in picks:
-      yield raw_logs.Impression(
+      yield ingest_parse.Impression(
           positive.user_id, int(items[index]), int(categories[index]),
           positive.timestamp, 0,
       )

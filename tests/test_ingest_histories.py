@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from preprocessing import features
-from preprocessing import sequence_builder
-from preprocessing.raw_logs import Behavior, Impression
-from preprocessing.sequence_builder import SequenceConfig
+from preprocessing import ingest_histories
+from preprocessing.ingest_parse import Behavior, Impression
+from preprocessing.ingest_histories import SequenceConfig
 
 DAY = 86_400
 T0 = 1_700_000_000 - 1_700_000_000 % DAY  # a UTC midnight
@@ -82,7 +82,7 @@ def run_build(tmp_path, behaviors, impressions, config):
     built = {
         "behaviors": p | "B" >> beam.Create(behaviors),
         "impressions": p | "I" >> beam.Create(impressions),
-    } | sequence_builder.BuildExamples(config)
+    } | ingest_histories.BuildExamples(config)
     tagged = (
         built["train"] | "T" >> beam.Map(lambda e: json.dumps(["train", parse_example(e)])),
         built["eval"] | "E" >> beam.Map(lambda e: json.dumps(["eval", parse_example(e)])),
@@ -257,9 +257,9 @@ def test_config_rejects_bad_values():
 
 
 def test_eval_start_is_the_start_of_the_last_eval_days():
-  assert sequence_builder.eval_start_for(T0 + DAY + 5, 1) == T0 + DAY
-  assert sequence_builder.eval_start_for(T0 + DAY, 2) == T0
-  assert sequence_builder.eval_start_for(T0 + DAY - 1, 1) == T0
+  assert ingest_histories.eval_start_for(T0 + DAY + 5, 1) == T0 + DAY
+  assert ingest_histories.eval_start_for(T0 + DAY, 2) == T0
+  assert ingest_histories.eval_start_for(T0 + DAY - 1, 1) == T0
 
 
 # ---------------------------------------------------------------------------
@@ -285,7 +285,7 @@ def run_sampling(tmp_path, positives, behaviors, neg_per_pos, seed):
     sampled = {
         "positives": p | "P" >> beam.Create(positives),
         "behaviors": p | "B" >> beam.Create(behaviors),
-    } | sequence_builder.SampleNegatives(neg_per_pos, seed)
+    } | ingest_histories.SampleNegatives(neg_per_pos, seed)
     sampled["impressions"] | beam.Map(lambda i: json.dumps(list(i))) | (
         "WI" >> beam.io.WriteToText(str(out / "imps")))
     sampled["stats"] | beam.Map(json.dumps) | "WS" >> beam.io.WriteToText(str(out / "stats"))
@@ -333,7 +333,7 @@ def test_sample_negative_items_is_uniform_over_the_other_items():
   items = np.arange(10, dtype=np.int64)
   counts = np.zeros(10, dtype=int)
   for t in range(3000):
-    for index in sequence_builder.sample_negative_items(
+    for index in ingest_histories.sample_negative_items(
         items, Impression(1, 4, 0, T0 + t, 1), 2, seed=5):
       counts[index] += 1
   assert counts[4] == 0
@@ -345,6 +345,6 @@ def test_sample_negative_items_is_uniform_over_the_other_items():
 
 def test_sample_negatives_rejects_bad_settings():
   with pytest.raises(ValueError, match="neg_per_pos"):
-    sequence_builder.SampleNegatives(-1, 0)
+    ingest_histories.SampleNegatives(-1, 0)
   with pytest.raises(ValueError, match="seed"):
-    sequence_builder.SampleNegatives(1, -3)
+    ingest_histories.SampleNegatives(1, -3)
