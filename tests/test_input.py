@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from preprocessing import feature_spec
 from preprocessing import features
 from preprocessing import transforms
 from trainer import input as input_lib
@@ -101,9 +102,9 @@ def test_missing_files_are_an_error(tmp_path):
 
 
 def test_raw_feature_spec_follows_the_registry():
-  spec = input_lib.raw_feature_spec()
+  spec = feature_spec.raw_feature_spec()
   assert set(spec) == {f.name for f in features.ALL_FEATURES}
-  assert features.LABEL_KEY not in input_lib.raw_feature_spec(include_label=False)
+  assert features.LABEL_KEY not in feature_spec.raw_feature_spec(include_label=False)
   for feature in features.ALL_FEATURES:
     expected = tf.io.RaggedFeature if feature.is_sequence else tf.io.FixedLenFeature
     assert isinstance(spec[feature.name], expected)

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 
+from preprocessing import feature_spec
 from preprocessing import features
 from preprocessing import transforms
 
@@ -57,30 +58,11 @@ def _day_counts(timestamp_batches) -> dict[int, int]:
   return dict(sorted(counts.items()))
 
 
-def raw_feature_spec(include_label: bool = True) -> dict[str, Any]:
-  """tf.io parsing spec of raw examples, from the feature registry.
-
-  Sequences parse to RaggedTensor; an absent optional sequence (behaviour
-  types) parses to empty rows, which `transform_features` treats as absent.
-  """
-  spec: dict[str, Any] = {}
-  for feature in features.ALL_FEATURES:
-    if feature is features.LABEL and not include_label:
-      continue
-    if feature.dtype != "int64":
-      raise ValueError(f"unexpected dtype {feature.dtype} of {feature.name}")
-    if feature.is_sequence:
-      spec[feature.name] = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
-    else:
-      spec[feature.name] = tf.io.FixedLenFeature([], tf.int64)
-  return spec
-
-
 def parse_and_transform(
     serialized: tf.Tensor, max_seq_len: int, include_label: bool = True
 ) -> dict[str, tf.Tensor]:
   """Serialized raw tf.Examples [B] -> `transform_features` outputs."""
-  parsed = tf.io.parse_example(serialized, raw_feature_spec(include_label))
+  parsed = tf.io.parse_example(serialized, feature_spec.raw_feature_spec(include_label))
   return transforms.transform_features(parsed, max_seq_len)
 
 
@@ -110,8 +92,9 @@ def _records(files: list[str]) -> tuple[tf.data.Dataset, str]:
 
 
 def _timestamps(serialized: tf.Tensor) -> tf.Tensor:
-  spec = {features.TIMESTAMP.name: tf.io.FixedLenFeature([], tf.int64)}
-  return tf.io.parse_example(serialized, spec)[features.TIMESTAMP.name]
+  name = features.TIMESTAMP.name
+  spec = {name: feature_spec.raw_feature_spec()[name]}
+  return tf.io.parse_example(serialized, spec)[name]
 
 
 def count_days(file_pattern: str | list[str]) -> dict[int, int]:
