@@ -160,12 +160,16 @@ def expand_ingestion(
     )
     looked_up = ratings.events | "LookupMovie" >> beam.ParDo(
         ingest_read.LookupMovie(), beam.pvalue.AsDict(movie_categories)
-    ).with_outputs(ingest_read.LookupMovie.IMPRESSIONS, ingest_read.LookupMovie.REJECTS, main="behaviors")
+    ).with_outputs(
+        ingest_read.LookupMovie.IMPRESSIONS, ingest_read.LookupMovie.REJECTS,
+        main="behaviors",
+    )
     behaviors = looked_up["behaviors"]
     impressions = looked_up[ingest_read.LookupMovie.IMPRESSIONS]
     stats += [
         movies.stats, ratings.stats,
-        ingest_read.count_valid("Movies", movies.events), ingest_read.count_valid("Ratings", behaviors),
+        ingest_read.count_valid("Movies", movies.events),
+        ingest_read.count_valid("Ratings", behaviors),
     ]
     rejects += [movies.rejects, ratings.rejects, looked_up[ingest_read.LookupMovie.REJECTS]]
   else:
@@ -226,7 +230,12 @@ def expand_ingestion(
       lambda r: (ingest_summary.REJECT_PREFIX + r.reason, 1)
   )
   zeros = pipeline | "ZeroStats" >> beam.Create(
-      [(name, 0) for name in (ingest_read.ROWS_READ, ingest_read.ROWS_VALID, ingest_read.HEADER_LINES)]
+      [
+          (name, 0)
+          for name in (
+              ingest_read.ROWS_READ, ingest_read.ROWS_VALID, ingest_read.HEADER_LINES
+          )
+      ]
       + [(name, 0) for name in ingest_histories.STAT_NAMES]
   )
   summary = (

@@ -226,7 +226,9 @@ def check_metrics(result, summary: Mapping[str, Any]) -> None:
     logging.warning("runner reported no Beam counters; summary.json only")
     return
   from_counters = {
-      ingest_read.ROWS_READ: sum(v for k, v in totals.items() if k.startswith(ingest_read.ROWS_READ + "_")),
+      ingest_read.ROWS_READ: sum(
+          v for k, v in totals.items() if k.startswith(ingest_read.ROWS_READ + "_")
+      ),
       "parse_rejects": sum(
           v for k, v in totals.items() if k.startswith(ingest_read.ROWS_REJECTED + "_")
       ),
@@ -248,10 +250,12 @@ def check_metrics(result, summary: Mapping[str, Any]) -> None:
 
 
 def check_summary(summary: Mapping[str, Any]) -> None:
-  if summary[ingest_read.ROWS_READ] != summary[ingest_read.ROWS_VALID] + summary[ingest_read.ROWS_REJECTED]:
+  read = summary[ingest_read.ROWS_READ]
+  valid = summary[ingest_read.ROWS_VALID]
+  rejected = summary[ingest_read.ROWS_REJECTED]
+  if read != valid + rejected:
     raise SummaryMismatchError(
-        f"rows_read={summary[ingest_read.ROWS_READ]} != rows_valid={summary[ingest_read.ROWS_VALID]} "
-        f"+ rows_rejected={summary[ingest_read.ROWS_REJECTED]}"
+        f"rows_read={read} != rows_valid={valid} + rows_rejected={rejected}"
     )
 
 
