@@ -108,6 +108,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     # After early stopping, a fresh model on every training day (the
     # validation day included) for the selected length.
     "refit": {"refit": True},
+    # Polyak averaging of the weights, set into the model at each epoch end.
+    "ema": {"ema_momentum": 0.99},
 }
 SPEED_BATCH = 256
 SPEED_TOP_K = 64

@@ -92,6 +92,8 @@ def test_top_k_is_only_bounded_for_retrieval_variants():
         ({"validation_days": 1.5}, "validation_days"),
         ({"early_stopping_patience": 0}, "early_stopping_patience"),
         ({"early_stopping_metric": "gauc"}, "early_stopping_metric"),
+        ({"ema_momentum": 1.0}, "ema_momentum"),
+        ({"ema_momentum": -0.1}, "ema_momentum"),
     ],
 )
 def test_bad_train_values_are_refused(values, message):

@@ -241,6 +241,41 @@ def test_early_stopping_state_survives_a_crash_between_the_two_saves(tmp_path):
   assert not os.path.exists(state_dir)  # nothing to resume after a finished fit
 
 
+def test_averaged_weights_are_set_at_the_epoch_end():
+  """ema_momentum: at an epoch's end the model holds the moving average of its
+  weights after every step, starting from the initial weights. Reference: the
+  same steps with plain Adam (the raw trajectory is the same until the
+  average is set), averaged in numpy."""
+  momentum, steps = 0.9, 3
+
+  def run(ema_momentum):
+    train_config = config.TrainConfig(batch_size=16, train_steps=steps, steps_per_epoch=steps,
+                                      ema_momentum=ema_momentum)
+    model = model_lib.build_model(small("din", seed=2))
+    training.compile_model(model, train_config)
+    model(next(iter(toy_dataset()))[0])
+    after_step = [[v.numpy() for v in model.trainable_variables]]
+
+    class Record(tf.keras.callbacks.Callback):
+      def on_train_batch_end(self, batch, logs=None):
+        after_step.append([v.numpy() for v in model.trainable_variables])
+
+    training.fit(model, toy_dataset(), train_config, [Record()])
+    return after_step
+
+  raw = run(0.0)
+  averaged = run(momentum)
+  for got, want in zip(averaged[0], raw[0]):
+    np.testing.assert_array_equal(got, want)  # same start
+  expected = raw[0]
+  for weights in raw[1:]:
+    expected = [momentum * a + (1 - momentum) * w for a, w in zip(expected, weights)]
+  for got, want, last in zip(averaged[-1], expected, raw[-1]):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  # The average is not the last step's weights (the test can fail).
+  assert any(not np.allclose(e, r, atol=1e-6) for e, r in zip(expected, raw[-1]))
+
+
 def evaluate_with(weights, evaluate):
   model = model_lib.build_model(small("din", seed=3))
   model.set_weights(weights)

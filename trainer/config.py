@@ -284,6 +284,11 @@ class TrainConfig(typed_config.TypedConfig):
       need most) for the best epoch's steps scaled by the example count;
       that model is exported. Model selection still read only the
       validation days; the eval split is never read before the end.
+    ema_momentum: 0 trains plain Adam. Above 0, Adam keeps an exponential
+      moving average of the weights (Polyak averaging; this momentum per
+      step) and the model's weights are set to that average at every epoch
+      end, so early stopping evaluates, keeps and exports averaged weights,
+      which are less noisy than the last step's.
   """
 
   batch_size: int = 256
@@ -296,6 +301,7 @@ class TrainConfig(typed_config.TypedConfig):
   early_stopping_patience: int = 2
   early_stopping_metric: str = "logloss"
   refit: bool = False
+  ema_momentum: float = 0.0
 
   def __post_init__(self) -> None:
     _check_int(self, "batch_size", 1)
@@ -310,6 +316,7 @@ class TrainConfig(typed_config.TypedConfig):
     _check_int(self, "validation_days", 0, 366)
     _check_int(self, "early_stopping_patience", 1)
     typed_config.check_bool(self, "refit")
+    _check_float(self, "ema_momentum", 0.0, 0.9999)
     if self.refit and self.validation_days == 0:
       raise ConfigError("refit needs early stopping (validation_days >= 1)")
     if self.early_stopping_metric not in EARLY_STOPPING_METRICS:

@@ -145,7 +145,15 @@ class ProgressLogger(tf.keras.callbacks.Callback):
 
 
 def compile_model(model: Any, train_config: config_lib.TrainConfig) -> None:
-  model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
+  if train_config.ema_momentum > 0:
+    # Overwriting at each epoch end (the last step of an epoch) means the
+    # weights that early stopping evaluates and keeps are the averaged ones.
+    optimizer = tf.keras.optimizers.Adam(
+        train_config.learning_rate, use_ema=True, ema_momentum=train_config.ema_momentum,
+        ema_overwrite_frequency=epochs_for(train_config)[1])
+  else:
+    optimizer = tf.keras.optimizers.Adam(train_config.learning_rate)
+  model.compile(optimizer=optimizer)
 
 
 def fit(
