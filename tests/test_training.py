@@ -243,10 +243,11 @@ def test_early_stopping_state_survives_a_crash_between_the_two_saves(tmp_path):
 
 def test_averaged_weights_are_set_at_the_epoch_end():
   """ema_momentum: at an epoch's end the model holds the moving average of its
-  weights after every step, starting from the initial weights. Reference: the
-  same steps with plain Adam (the raw trajectory is the same until the
-  average is set), averaged in numpy."""
-  momentum, steps = 0.9, 3
+  weights after every step, starting from the initial weights, with the
+  momentum min(m, (1 + t) / (10 + t)) at step t. Reference: the same steps
+  with plain Adam (the raw trajectory is the same until the average is set),
+  averaged in numpy."""
+  momentum, steps = 0.5, 6
 
   def run(ema_momentum):
     train_config = config.TrainConfig(batch_size=16, train_steps=steps, steps_per_epoch=steps,
@@ -268,8 +269,9 @@ def test_averaged_weights_are_set_at_the_epoch_end():
   for got, want in zip(averaged[0], raw[0]):
     np.testing.assert_array_equal(got, want)  # same start
   expected = raw[0]
-  for weights in raw[1:]:
-    expected = [momentum * a + (1 - momentum) * w for a, w in zip(expected, weights)]
+  for step, weights in enumerate(raw[1:]):
+    m = min(momentum, (1 + step) / (10 + step))  # 0.1, 0.18, 0.25, ... then 0.5
+    expected = [m * a + (1 - m) * w for a, w in zip(expected, weights)]
   for got, want, last in zip(averaged[-1], expected, raw[-1]):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   # The average is not the last step's weights (the test can fail).

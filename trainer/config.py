@@ -284,11 +284,14 @@ class TrainConfig(typed_config.TypedConfig):
       need most) for the best epoch's steps scaled by the example count;
       that model is exported. Model selection still read only the
       validation days; the eval split is never read before the end.
-    ema_momentum: 0 trains plain Adam. Above 0, Adam keeps an exponential
-      moving average of the weights (Polyak averaging; this momentum per
-      step) and the model's weights are set to that average at every epoch
-      end, so early stopping evaluates, keeps and exports averaged weights,
-      which are less noisy than the last step's.
+    ema_momentum: above 0, Adam keeps a moving average of the weights
+      (Polyak averaging; momentum min(ema_momentum, (1 + t) / (10 + t)) at
+      step t, from the initial weights) and the model's weights are set to
+      that average at every epoch end, so early stopping evaluates, keeps
+      and exports averaged weights, which are less noisy than the last
+      step's; 0 trains plain Adam. 0.99 by default: on the synthetic data
+      (eta, 3 seeds, 4,000 users) AUC 0.8205 against 0.8199, log loss 0.4144
+      against 0.4153; on MovieLens 0.634 against 0.624 (bench/results/train.md).
   """
 
   batch_size: int = 256
@@ -301,7 +304,7 @@ class TrainConfig(typed_config.TypedConfig):
   early_stopping_patience: int = 2
   early_stopping_metric: str = "logloss"
   refit: bool = False
-  ema_momentum: float = 0.0
+  ema_momentum: float = 0.99
 
   def __post_init__(self) -> None:
     _check_int(self, "batch_size", 1)

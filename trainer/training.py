@@ -144,11 +144,33 @@ class ProgressLogger(tf.keras.callbacks.Callback):
     return self.steps * self.batch_size / max(self.train_seconds, 1e-9)
 
 
+@tf.keras.utils.register_keras_serializable(package="eta")
+class WarmupAveragingAdam(tf.keras.optimizers.Adam):
+  """Adam with a weight average whose momentum warms up.
+
+  At step t (from 0) the average moves with momentum
+  min(ema_momentum, (1 + t) / (10 + t)), the num_updates rule of
+  tf.train.ExponentialMovingAverage. Keras' fixed momentum starts the average
+  at the initial weights, so a model kept after 100 steps at 0.99 is still
+  37% its random initialisation (MovieLens stops at step 100: eta lost 0.03
+  AUC that way).
+  """
+
+  def _update_model_variables_moving_average(self, var_list):
+    fixed = self.ema_momentum
+    step = tf.cast(self.iterations, tf.float32)
+    self.ema_momentum = tf.minimum(fixed, (1.0 + step) / (10.0 + step))
+    try:
+      super()._update_model_variables_moving_average(var_list)
+    finally:
+      self.ema_momentum = fixed
+
+
 def compile_model(model: Any, train_config: config_lib.TrainConfig) -> None:
   if train_config.ema_momentum > 0:
     # Overwriting at each epoch end (the last step of an epoch) means the
     # weights that early stopping evaluates and keeps are the averaged ones.
-    optimizer = tf.keras.optimizers.Adam(
+    optimizer = WarmupAveragingAdam(
         train_config.learning_rate, use_ema=True, ema_momentum=train_config.ema_momentum,
         ema_overwrite_frequency=epochs_for(train_config)[1])
   else:
