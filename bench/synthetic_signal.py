@@ -22,7 +22,7 @@ models on the train days and scores the eval day(s):
 Prints a table and saves bench/results/synthetic_signal.md and .json.
 
 Usage:
-  python bench/synthetic_signal.py [--data_dir=DIR | --users=2000 --seeds=0,1,2]
+  python bench/synthetic_signal.py [--data_dir=DIR | --users=4000 --seeds=0,1,2]
 """
 
 from __future__ import annotations
@@ -372,7 +372,9 @@ def _define_flags():
   flags.DEFINE_string("data_dir", None,
                       "A directory written by preprocessing.synthetic; when "
                       "unset, generate one per seed under bench/scratch/.")
-  flags.DEFINE_integer("users", 2000, "Users to generate (no --data_dir).")
+  flags.DEFINE_integer(
+      "users", synthetic_world.SyntheticConfig.users,
+      "Users to generate (no --data_dir); the generator's default.")
   flags.DEFINE_list("seeds", ["0", "1", "2"],
                     "Generator seeds (no --data_dir); the first one seeds "
                     "the models too.")

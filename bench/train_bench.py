@@ -1,7 +1,7 @@
 """Training benchmarks of the model family: quality per variant, speed vs L.
 
 Part `quality`: the synthetic default data set (`preprocessing.synthetic`,
-2000 users) through the ingestion CLI (`preprocessing.build_examples`,
+4,000 users unless --users says otherwise) through the ingestion CLI (`preprocessing.build_examples`,
 max_seq_len 1024), then every variant trained by the standalone trainer
 (`trainer.train`, one subprocess each) with the same data, steps and seeds;
 eval AUC, GAUC, log loss, calibration and training examples/s, next to the
@@ -55,7 +55,8 @@ _WORK_DIR = flags.DEFINE_string(
 _RESULTS_DIR = flags.DEFINE_string(
     "results_dir", os.path.join(REPO, "bench", "results"), "Where results go."
 )
-_USERS = flags.DEFINE_integer("users", 2000, "Synthetic users (generator default 2000).")
+_USERS = flags.DEFINE_integer(
+    "users", None, "Synthetic users; unset: the generator's default (the demo's data).")
 _QUALITY_STEPS = flags.DEFINE_integer(
     "quality_steps", 2000, "Training steps per variant (an upper bound under early stopping).")
 _QUALITY_BATCH = flags.DEFINE_integer("quality_batch_size", 256, "Training batch size.")
@@ -136,8 +137,9 @@ def prepare_synthetic(work_dir: str) -> tuple[str, dict[str, Any]]:
   raw = os.path.join(work_dir, "raw")
   examples = os.path.join(work_dir, "examples_1024")
   if not os.path.exists(os.path.join(raw, "oracle.json")):
-    _run([sys.executable, "-m", "preprocessing.synthetic", f"--output_dir={raw}",
-          f"--users={_USERS.value}", "--seed=0"], os.path.join(work_dir, "synthetic.log"))
+    users = [] if _USERS.value is None else [f"--users={_USERS.value}"]
+    _run([sys.executable, "-m", "preprocessing.synthetic", f"--output_dir={raw}", *users,
+          "--seed=0"], os.path.join(work_dir, "synthetic.log"))
   if not os.path.exists(os.path.join(examples, "summary.json")):
     _run([sys.executable, "-m", "preprocessing.build_examples",
           f"--input={raw}/impressions/*.csv", "--input_format=impressions",
@@ -506,6 +508,8 @@ def main(argv):
     settings = {
         "steps": _QUALITY_STEPS.value, "batch_size": _QUALITY_BATCH.value,
         "hparams": json.loads(_QUALITY_HPARAMS.value), "max_seq_len": 1024,
+        # Rows on other data (another user count) are not comparable.
+        "synthetic_users": (result["oracle"] or {}).get("config", {}).get("users"),
     }
     # Runs with other settings are dropped; same settings, other seeds, kept.
     kept = []
@@ -525,7 +529,8 @@ def main(argv):
     lines += [
         f"Quality: `python bench/train_bench.py --part=quality` -- {s.get('steps')} steps of "
         f"batch {s.get('batch_size')}, max_seq_len 1024, seeds {s.get('seeds')}, extra "
-        f"settings {s.get('hparams')}; eval = the last day (synthetic) / last 365 days "
+        f"settings {s.get('hparams')}; synthetic data of {s.get('synthetic_users')} users "
+        "(seed 0); eval = the last day (synthetic) / last 365 days "
         "(MovieLens), split by time by the ingestion job.", "",
         *_quality_table(result["quality"], result["oracle"], result["baselines"]), "",
     ]

@@ -6,7 +6,7 @@ The world and its click model: preprocessing/synthetic_world.py; the files:
 preprocessing/synthetic_writer.py.
 
 Usage:
-  python -m preprocessing.synthetic --output_dir=DIR --users=2000 --seed=0
+  python -m preprocessing.synthetic --output_dir=DIR --users=4000 --seed=0
 """
 
 from __future__ import annotations
