@@ -9,11 +9,13 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from preprocessing import features
 from trainer import config
 from trainer import export
 from trainer import input as input_lib
 from trainer import model as model_lib
 from trainer import toy_data
+from trainer import training
 
 L = 64
 
@@ -73,3 +75,36 @@ def test_exported_model_matches_in_process_predictions(tmp_path):
   assert got.shape == (len(examples),)
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert want.std() > 0  # distinct inputs, distinct predictions
+
+
+def test_export_leaves_the_optimizer_state_out(tmp_path):
+  """The SavedModel holds the model's weights only (no Adam moments or weight
+  averages), and the model keeps training with its optimizer afterwards."""
+  model_config = config.ModelConfig(model="din", max_seq_len=L, embedding_dim=8,
+                                    mlp_units=(8,), din_hidden_units=(8,), jit_compile=False)
+  model = model_lib.build_model(model_config)
+  train_config = config.TrainConfig(batch_size=16, train_steps=2, steps_per_epoch=2,
+                                    ema_momentum=0.9)
+  training.compile_model(model, train_config)
+  examples = toy_data.make_examples(toy_data.ToyDataConfig(num_examples=32, max_history=70))
+  inputs = input_lib.parse_and_transform(tf.constant([toy_data.serialize(e) for e in examples]), L)
+  labels = inputs.pop(features.LABEL_KEY)
+  dataset = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(16).repeat()
+  training.fit(model, dataset, train_config)
+  optimizer = model.optimizer
+  assert len(optimizer.variables) > 2 * len(model.trainable_variables)  # moments, averages
+
+  export_dir = str(tmp_path / "saved_model")
+  export.export_standalone(model, export_dir, L)
+  saved = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+  names = saved.get_variable_to_shape_map()
+  assert not [n for n in names if n.startswith("optimizer")]
+  weights = {n: shape for n, shape in names.items() if n.startswith("variables/")}
+  assert sum(int(np.prod(s)) for s in weights.values()) == sum(
+      int(np.prod(w.shape)) for w in model.weights)
+  # Besides the weights: the object graph and the AUC metric's counters only.
+  assert {n.split("/")[0] for n in names} == {"_CHECKPOINTABLE_OBJECT_GRAPH", "variables",
+                                             "keras_api"}
+
+  assert model.optimizer is optimizer
+  training.fit(model, dataset, train_config)  # still trains after the export

@@ -19,7 +19,8 @@ Python code to load.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import tensorflow as tf
 
@@ -76,9 +77,29 @@ def transform_signatures(model: Any, tf_transform_output: Any) -> dict[str, Any]
   }
 
 
+@contextlib.contextmanager
+def without_optimizer(model: Any) -> Iterator[None]:
+  """Keras' `include_optimizer=False` for `tf.saved_model.save`.
+
+  A compiled model tracks its optimizer, so its Adam moments and weight
+  averages would be saved beside the weights: three copies of every table
+  that TF Serving loads and never reads (warm starts read layers only).
+  """
+  optimizer = getattr(model, "optimizer", None)
+  if optimizer is None:
+    yield
+    return
+  model.optimizer = None
+  model._delete_tracking("optimizer")  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    model.optimizer = optimizer
+
+
 def export_standalone(model: Any, export_dir: str, max_seq_len: int) -> None:
   """Writes the standalone trainer's SavedModel (raw examples in)."""
-  with model.xla_disabled(), model.frozen_for_serving():
+  with model.xla_disabled(), model.frozen_for_serving(), without_optimizer(model):
     tf.saved_model.save(
         model, export_dir, signatures=standalone_signatures(model, max_seq_len)
     )
@@ -86,7 +107,7 @@ def export_standalone(model: Any, export_dir: str, max_seq_len: int) -> None:
 
 def export_with_transform(model: Any, export_dir: str, tf_transform_output: Any) -> None:
   """Writes the TFX Trainer's SavedModel (Transform layer inside)."""
-  with model.xla_disabled(), model.frozen_for_serving():
+  with model.xla_disabled(), model.frozen_for_serving(), without_optimizer(model):
     tf.saved_model.save(
         model, export_dir, signatures=transform_signatures(model, tf_transform_output)
     )
