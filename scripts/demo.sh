@@ -2,7 +2,7 @@
 # The main job on the embedded default data: generate the synthetic behaviour
 # log (deterministic, seed 0), then run the whole TFX pipeline locally
 # (LocalDagRunner, SQLite ML Metadata, Beam DirectRunner in memory: on the
-# demo's 30k examples faster than 2 processes, README; early stopping with
+# demo's 60k examples faster than 2 processes, README; early stopping with
 # patience 1):
 # ingestion -> statistics/schema/anomalies -> Transform -> Trainer (ETA) ->
 # Evaluator vs the last blessed model -> offline infra validation -> Pusher.
