@@ -1,9 +1,10 @@
 """Training benchmarks of the model family: quality per variant, speed vs L.
 
 Part `quality`: the synthetic default data set (`preprocessing.synthetic`,
-4,000 users unless --users says otherwise) through the ingestion CLI (`preprocessing.build_examples`,
-max_seq_len 1024), then every variant trained by the standalone trainer
-(`trainer.train`, one subprocess each) with the same data, steps and seeds;
+its default user count unless --users says otherwise) through the ingestion
+CLI (`preprocessing.build_examples`, max_seq_len 1024), then every variant
+trained by the standalone trainer (`trainer.train`, one subprocess each) with
+the same data, steps and seeds;
 eval AUC, GAUC, log loss, calibration and training examples/s, next to the
 generator's oracle AUC. Optionally the same on MovieLens (latest-small,
 GroupLens licence, research use) through the ingestion adapter.
@@ -109,8 +110,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     # After early stopping, a fresh model on every training day (the
     # validation day included) for the selected length.
     "refit": {"refit": True},
-    # Polyak averaging of the weights, set into the model at each epoch end.
-    "ema": {"ema_momentum": 0.99},
+    # Plain Adam, without the default weight averaging.
+    "no_averaging": {"ema_momentum": 0.0},
 }
 SPEED_BATCH = 256
 SPEED_TOP_K = 64
